@@ -293,3 +293,47 @@ def tokenize_roles(ds: datasets.Dataset, tokenizer, max_length: int, *, num_proc
 
     return ds.map(encode, batched=True, batch_size=1000, num_proc=num_proc, desc="Tokenizing")
 
+
+
+# ------------------------------------------------------------------------------ recipes' train_data specs
+SOURCE_KEYS = ("dataset", "split", "config_name", "columns", "filter", "score_range", "label_map",
+               "group_pairs", "max_rows")
+
+
+def build_train_dataset(specs: Sequence[Mapping], *, max_rows: int | None = None) -> datasets.Dataset:
+    """Load, filter, group and role-map every source of a recipe's `train_data`, then concatenate them."""
+    if not specs:
+        raise ValueError("train_data is empty: add at least one source, e.g. "
+                         "[{dataset: stsb, columns: {anchor: sentence1, positive: sentence2, score: score}}]")
+    parts = [_build_source(spec, i) for i, spec in enumerate(specs)]
+    roles = set(parts[0].column_names)
+    for i, part in enumerate(parts[1:], start=1):
+        if set(part.column_names) != roles:
+            raise ValueError(f"train_data[{i}] maps roles {sorted(part.column_names)} but train_data[0] maps "
+                             f"{sorted(roles)}: give every source the same roles")
+    ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    if max_rows is not None:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    return ds
+
+
+def _build_source(spec: Mapping, position: int) -> datasets.Dataset:
+    where = f"train_data[{position}]"
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{where} must be a mapping with keys {', '.join(SOURCE_KEYS)}")
+    unknown = [k for k in spec if k not in SOURCE_KEYS]
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}: valid keys are {', '.join(SOURCE_KEYS)}")
+    if "dataset" not in spec or "columns" not in spec:
+        raise ValueError(f"{where} needs 'dataset' (named set, file or hub id) and 'columns' ({{role: column}})")
+    ds = load_split(str(spec["dataset"]), spec.get("split", "train"), config_name=spec.get("config_name"))
+    if spec.get("filter"):
+        ds = filter_rows(ds, spec["filter"])
+    if spec.get("group_pairs"):
+        ds = group_pairs(ds, **spec["group_pairs"])
+    source = f"{where} ({spec['dataset']}:{spec.get('split', 'train')})"
+    ds = select_roles(ds, spec["columns"], score_range=spec.get("score_range"), label_map=spec.get("label_map"),
+                      source=source)
+    if spec.get("max_rows") is not None:
+        ds = ds.select(range(min(int(spec["max_rows"]), len(ds))))
+    return ds

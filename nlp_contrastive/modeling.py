@@ -148,22 +148,28 @@ class Encoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------ saving
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write sentence-transformers format atomically: a half-written folder is never left at `path`."""
+        """Write sentence-transformers format via a temp folder, so no file is ever half-written.
+
+        A new folder appears in one rename. Into an existing folder (e.g. an output dir holding checkpoints),
+        each file is renamed into place, modules.json last, so readers see either the old or the new model files.
+        """
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        staging_parent = target if target.is_dir() else target.parent
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=staging_parent))
         try:
             self._write_folder(tmp)
-            if target.exists():
-                backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, backup)
+            if not target.exists():
                 os.replace(tmp, target)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
+                return
+            entries = sorted(tmp.iterdir(), key=lambda p: p.name == "modules.json")
+            for entry in entries:
+                destination = target / entry.name
+                if destination.is_dir() and not destination.is_symlink():
+                    shutil.rmtree(destination)
+                os.replace(entry, destination)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def _write_folder(self, folder: Path) -> None:
         self.model.save_pretrained(folder, safe_serialization=True)

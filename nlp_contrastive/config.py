@@ -1,0 +1,255 @@
+"""Recipes: YAML (flat or sectioned) + `--key value` overrides -> dataclasses, via HfArgumentParser.
+
+Keys are the dataclass field names (TrainingArguments' own names for training settings). Unknown keys and
+values of the wrong type fail before anything is loaded, with the list of valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from nlp_contrastive.modeling import DEFAULT_MODEL
+from nlp_contrastive.trainer import ContrastiveTrainingArguments as TrainingArguments
+
+SECTIONS = ("model", "data", "loss", "eval", "training")
+
+
+@dataclass
+class ModelConfig:
+    """Which encoder to start from and how it turns tokens into one vector."""
+
+    model_name_or_path: str = DEFAULT_MODEL
+    pooling: str | None = None  # None: as saved with the model (mean for a plain transformers model)
+    normalize: bool | None = None  # None: as saved with the model
+    max_seq_length: int | None = None
+    attn_implementation: str | None = None  # e.g. "sdpa", "eager"; None lets transformers choose
+
+
+@dataclass
+class DataConfig:
+    """Training data: one or more sources, each mapped to roles by column name.
+
+    Each entry of `train_data` is a dict with keys: dataset (named set, local file or hub id), split,
+    config_name, columns ({role: column}), filter ("column OP value"), score_range ([low, high] -> [0, 1]),
+    label_map ({value: 0/1}), group_pairs ({anchor, text, positive_if, negative_if, as_list,
+    max_negatives}), max_rows.
+    """
+
+    train_data: list[dict] = field(default_factory=list)
+    batch_sampler: str = "random"  # random | no_duplicates | group_by_length
+    max_train_rows: int | None = None
+    tokenize_num_proc: int | None = None
+
+
+@dataclass
+class LossConfig:
+    """Which loss, its hyperparameters, and how the batch is embedded (GradCache, cross-device negatives)."""
+
+    loss: str = "cosine_similarity"
+    loss_kwargs: dict = field(default_factory=dict)
+    cached: bool = False  # GradCache: any batch size in bounded memory, same gradients
+    cache_mini_batch_size: int = 32
+    cache_max_tokens: int | None = None
+    single_forward: bool = True  # embed all text columns of a batch in one forward pass
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during training (eval_tasks) and on the final model (final_eval_tasks), as suite tasks."""
+
+    eval_tasks: list[dict] = field(default_factory=list)
+    final_eval_tasks: list[dict] = field(default_factory=list)
+    eval_batch_size: int = 64
+
+
+CONFIG_CLASSES = (ModelConfig, DataConfig, LossConfig, EvalConfig, TrainingArguments)
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig
+    data: DataConfig
+    loss: LossConfig
+    eval: EvalConfig
+    training: TrainingArguments
+    source: str | None = None
+
+    def loss_gathers(self) -> bool:
+        """Whether in-batch negatives come from all processes (a loss_kwargs switch of info_nce)."""
+        return bool(self.loss.loss_kwargs.get("gather_across_devices", False))
+
+
+def valid_keys() -> dict[str, type]:
+    """Every recipe key and the dataclass it belongs to."""
+    keys: dict[str, type] = {}
+    for cls in CONFIG_CLASSES:
+        for f in dataclasses.fields(cls):
+            if f.init and not f.name.startswith("_"):
+                keys[f.name] = cls
+    return keys
+
+
+def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply `--key value` overrides, check keys and types, build the dataclasses."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        recipe_path = Path(path)
+        if not recipe_path.is_file():
+            raise FileNotFoundError(f"recipe '{path}' does not exist: give a YAML file such as recipes/stsb-cosine.yaml")
+        try:
+            loaded = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"recipe '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"recipe '{path}' must be a mapping of keys to values, got {type(loaded).__name__}")
+        values = flatten_sections(loaded, source=str(path))
+    values.update(parse_overrides(overrides or []))
+    check_keys_and_types(values)
+    parser = HfArgumentParser(CONFIG_CLASSES)
+    try:
+        model, data, loss, evaluation, training = parser.parse_dict(values)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"invalid recipe value: {str(exc).splitlines()[0]}") from None
+    return Recipe(model, data, loss, evaluation, training, source=path)
+
+
+def flatten_sections(loaded: dict, source: str = "recipe") -> dict[str, Any]:
+    """Accept both `{model: {...}, training: {...}}` and flat `{key: value}`; sections must hold mappings."""
+    flat: dict[str, Any] = {}
+    for key, value in loaded.items():
+        if key in SECTIONS and key not in valid_keys():
+            if not isinstance(value, dict):
+                raise ValueError(f"section '{key}' in {source} must be a mapping of keys to values")
+            for inner_key, inner_value in value.items():
+                _set_once(flat, inner_key, inner_value, source)
+        else:
+            _set_once(flat, key, value, source)
+    return flat
+
+
+def _set_once(flat: dict, key: str, value: Any, source: str) -> None:
+    if key in flat:
+        raise ValueError(f"key '{key}' is set twice in {source}: keep one")
+    flat[key] = value
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """`--key value`, `--key=value` or a bare `--flag` (true); values are read as YAML (numbers, lists, dicts)."""
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ValueError(f"unexpected argument '{token}': overrides are --key value (e.g. --learning_rate 3e-5)")
+        key, eq, raw = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                raw = argv[i + 1]
+                i += 1
+            else:
+                raw = "true"
+        values[key] = yaml.safe_load(raw) if raw != "" else ""
+        i += 1
+    return values
+
+
+def check_keys_and_types(values: dict[str, Any]) -> None:
+    keys = valid_keys()
+    for key, value in values.items():
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown recipe key '{key}'{hint}; valid keys: {', '.join(sorted(keys))}")
+        expected = _field_type(keys[key], key)
+        value = values[key] = _coerce_number(value, expected)
+        if expected is not None and not _matches(value, expected):
+            raise ValueError(f"recipe key '{key}' must be {_describe(expected)}, got {value!r} "
+                             f"({type(value).__name__})")
+
+
+def _coerce_number(value: Any, expected) -> Any:
+    """YAML 1.1 reads `3e-5` as a string; accept it where the field is a float."""
+    if isinstance(value, str) and expected is not None and _matches(1.5, expected) and not _matches(value, expected):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _field_type(cls: type, name: str):
+    hints = typing.get_type_hints(cls)
+    return hints.get(name)
+
+
+def _matches(value: Any, expected) -> bool:
+    origin = typing.get_origin(expected)
+    if expected is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(expected))
+    if origin is typing.Literal:
+        return value in typing.get_args(expected)
+    if expected is type(None):
+        return value is None
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict:
+        return isinstance(value, dict)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(expected, type):
+        if issubclass(expected, str):  # enums in TrainingArguments are str subclasses; accept their values
+            return isinstance(value, str)
+        return isinstance(value, expected)
+    return True  # exotic annotations: let the dataclass validate
+
+
+def _describe(expected) -> str:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(expected))
+    if expected is type(None):
+        return "null"
+    return getattr(expected, "__name__", str(expected))
+
+
+def recipe_as_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """The resolved recipe by section, only JSON/YAML-friendly values (for printing and model cards)."""
+    out: dict[str, dict[str, Any]] = {}
+    for section, obj in zip(SECTIONS, (recipe.model, recipe.data, recipe.loss, recipe.eval, recipe.training),
+                            strict=True):
+        if section == "training":
+            defaults = TrainingArguments(output_dir="x")
+            entries = {k: v for k, v in obj.to_dict().items()
+                       if k in ("output_dir", "num_train_epochs", "per_device_train_batch_size", "learning_rate",
+                                "warmup_ratio", "warmup_steps", "weight_decay", "seed", "bf16", "fp16",
+                                "gradient_accumulation_steps", "max_steps", "lr_scheduler_type")
+                       or v != defaults.to_dict().get(k)}
+            entries.pop("logging_dir", None)
+        else:
+            entries = dataclasses.asdict(obj)
+        out[section] = {k: _plain(v) for k, v in entries.items()}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)

@@ -1,0 +1,201 @@
+"""ContrastiveTrainer: a transformers.Trainer whose compute_loss embeds each role's texts, then calls a loss.
+
+The model is an `Encoder`; the loss is any module from `nlp_contrastive.losses` (or `CachedLoss` around
+one). Checkpoints and the final model are written in sentence-transformers format.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import safetensors.torch
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainingArguments
+
+from nlp_contrastive.data import TEXT_ROLES
+from nlp_contrastive.modeling import Encoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ContrastiveTrainingArguments(TrainingArguments):
+    """TrainingArguments plus the one guard transformers 5 dropped: refuse to train into a used output dir."""
+
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "allow a non-empty output_dir"})
+
+
+class RoleCollator:
+    """Pad pre-tokenized `<role>_input_ids` columns per role; negatives lists are flattened with an index.
+
+    Output: {"features": {role: {input_ids, attention_mask}}, "score"/"label": [B],
+             "negatives_index": [B, K] (row in the flattened negatives, -1 = padding),
+             "<role>_ids": int64 hashes of the token ids (duplicate-text masking)}
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch: dict = {"features": {}}
+        for role in TEXT_ROLES:
+            key = f"{role}_input_ids"
+            if key not in rows[0]:
+                continue
+            if role == "negatives":
+                sequences = [ids for row in rows for ids in row[key]]
+                counts = [len(row[key]) for row in rows]
+                width = max(counts)
+                index = torch.full((len(rows), width), -1, dtype=torch.long)
+                start = 0
+                for i, count in enumerate(counts):
+                    index[i, :count] = torch.arange(start, start + count)
+                    start += count
+                batch["negatives_index"] = index
+            else:
+                sequences = [row[key] for row in rows]
+            batch["features"][role] = self.pad(sequences)
+            batch[f"{role}_ids"] = torch.tensor([hash(tuple(s)) for s in sequences], dtype=torch.long)
+        for name in ("score", "label"):
+            if name in rows[0]:
+                batch[name] = torch.tensor([float(row[name]) for row in rows], dtype=torch.float32)
+        return batch
+
+    def pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, s in enumerate(sequences):
+            input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            attention_mask[i, : len(s)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def embed_roles(model: Callable, features: dict[str, dict[str, torch.Tensor]], single_forward: bool = True
+                ) -> dict[str, torch.Tensor]:
+    """Embed every role; with `single_forward`, one forward pass over all roles padded to a common length."""
+    roles = list(features)
+    if not single_forward or len(roles) == 1:
+        return {role: model(**features[role]) for role in roles}
+    width = max(f["input_ids"].shape[1] for f in features.values())
+    stacked = {
+        key: torch.cat([nn.functional.pad(features[r][key], (0, width - features[r][key].shape[1])) for r in roles])
+        for key in ("input_ids", "attention_mask")
+    }
+    embeddings = model(**stacked)
+    sizes = [features[r]["input_ids"].shape[0] for r in roles]
+    return dict(zip(roles, torch.split(embeddings, sizes), strict=True))
+
+
+def loss_arguments(loss: nn.Module, embeddings: dict[str, torch.Tensor], batch: dict) -> dict:
+    """Map embeddings and batch extras onto the loss's keyword arguments (only those it accepts)."""
+    values = dict(embeddings)
+    if "negatives" in values and "negatives_index" in batch:
+        index = batch["negatives_index"]
+        flat = values["negatives"]
+        gathered = flat[index.clamp(min=0)]  # [B, K, D]; padded slots masked below
+        values["negatives"] = gathered
+        values["negatives_mask"] = index >= 0
+        if "negatives_ids" in batch:
+            values["negative_ids"] = torch.where(index >= 0, batch["negatives_ids"][index.clamp(min=0)], -1)
+    for role in ("anchor", "positive", "negative"):
+        if f"{role}_ids" in batch:
+            values[f"{role}_ids"] = batch[f"{role}_ids"]
+    for name in ("score", "label"):
+        if name in batch:
+            values[name] = batch[name]
+    target = loss.loss if hasattr(loss, "loss") and isinstance(loss.loss, nn.Module) else loss
+    accepted = inspect.signature(target.forward).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        return values
+    return {k: v for k, v in values.items() if k in accepted}
+
+
+class ContrastiveTrainer(Trainer):
+    """Trainer for an `Encoder` and a loss over role embeddings; evaluation through the evaluation suite."""
+
+    def __init__(self, model: Encoder, args: TrainingArguments, loss: nn.Module, *, train_dataset,
+                 evaluator: Callable[[Encoder], dict[str, float]] | None = None, batch_sampler_factory=None,
+                 single_forward: bool = True, **kwargs) -> None:
+        self.loss = loss
+        self.evaluator = evaluator
+        self.single_forward = single_forward
+        self.batch_sampler_factory = batch_sampler_factory
+        collator = RoleCollator(model.tokenizer.pad_token_id or 0)
+        # Trainer insists on an eval_dataset when eval_strategy != "no"; our evaluator brings its own data.
+        eval_dataset = ["suite"] if evaluator is not None else None
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         data_collator=collator, processing_class=None, **kwargs)
+
+    # --------------------------------------------------------------------------------------------- data
+    def _remove_unused_columns(self, dataset, description=None):
+        return dataset  # the collator reads role columns by name; nothing to strip
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.batch_sampler_factory is None:
+            return super().get_train_dataloader()
+        sampler = self.batch_sampler_factory(self.train_dataset, self._train_batch_size, self.args)
+        loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        prepared = self.accelerator.prepare(loader)
+        # Our batch samplers are already rank-aware: make accelerate's shard wrapper a pass-through.
+        shard = getattr(prepared, "batch_sampler", None)
+        if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
+            shard.num_processes, shard.process_index = 1, 0
+        return prepared
+
+    # --------------------------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        features = inputs["features"]
+        if hasattr(self.loss, "mini_batch_size"):  # CachedLoss embeds by itself, in mini-batches
+            extras = loss_arguments(self.loss, {}, inputs)
+            loss = self.loss(model, features, **extras)
+        else:
+            embeddings = embed_roles(model, features, self.single_forward)
+            loss = self.loss(**loss_arguments(self.loss, embeddings, inputs))
+        return (loss, {}) if return_outputs else loss
+
+    # ------------------------------------------------------------------------------------------- saving
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Checkpoints in sentence-transformers format, so any checkpoint is a usable model."""
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        encoder: Encoder = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        encoder.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        encoder: Encoder = self.accelerator.unwrap_model(model or self.model, keep_torch_compile=False)
+        weights = os.path.join(resume_from_checkpoint, "model.safetensors")
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"checkpoint '{resume_from_checkpoint}' has no model.safetensors: resume from a "
+                                    "complete checkpoint-N folder written by this trainer")
+        state = safetensors.torch.load_file(weights, device=str(encoder.device))
+        missing, unexpected = encoder.model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if "position_ids" not in k]:
+            raise ValueError(f"checkpoint '{resume_from_checkpoint}' does not match the model "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]}): resume with the same model_name_or_path")
+
+    def _load_best_model(self) -> None:
+        logger.info("Loading best model from %s (score: %s)", self.state.best_model_checkpoint, self.state.best_metric)
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    # --------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Run the evaluator on the unwrapped encoder; `<prefix>_score` is its primary metric."""
+        if self.evaluator is None:
+            return {}
+        encoder = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        # Every rank evaluates (same data, same weights), so best-model decisions agree across processes.
+        results = self.evaluator(encoder)
+        metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in results.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
