@@ -126,7 +126,7 @@ def flatten_sections(loaded: dict, source: str = "recipe") -> dict[str, Any]:
     """Accept both `{model: {...}, training: {...}}` and flat `{key: value}`; sections must hold mappings."""
     flat: dict[str, Any] = {}
     for key, value in loaded.items():
-        if key in SECTIONS and key not in valid_keys():
+        if key in SECTIONS and (isinstance(value, dict) or key not in valid_keys()):
             if not isinstance(value, dict):
                 raise ValueError(f"section '{key}' in {source} must be a mapping of keys to values")
             for inner_key, inner_value in value.items():

@@ -1,0 +1,136 @@
+"""Training throughput, memory and quality: sentence-transformers' trainer vs ours, same recipe, one run.
+
+    python eval/bench_train.py [--only cosine|infonce] [--max-rows N]
+
+Each trainer runs in its own subprocess (so peak RSS is its own), in the order ST, ours, for the recipes
+`stsb-cosine` (CosineSimilarityLoss, batch 16) and `paraphrase-infonce` (MultipleNegativesRankingLoss /
+info_nce, batch 64, no-duplicates batches). Both models are then scored on STS-B test with our STS
+evaluator (identical to MTEB's convention). Prints pairs/s, ratio, peak RSS and STS-B test Spearman x 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = {"cosine": REPO / "recipes" / "stsb-cosine.yaml", "infonce": REPO / "recipes" / "paraphrase-infonce.yaml"}
+
+
+def _train_rows(recipe_path: Path, max_rows: int | None):
+    from nlp_contrastive import data
+    from nlp_contrastive.config import load_recipe
+
+    recipe = load_recipe(str(recipe_path))
+    return data.build_train_dataset(recipe.data.train_data, max_rows=max_rows), recipe
+
+
+def run_sentence_transformers(kind: str, output_dir: str, max_rows: int | None) -> dict:
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, losses
+    from sentence_transformers.sentence_transformer.training_args import (
+        BatchSamplers,
+        SentenceTransformerTrainingArguments,
+    )
+
+    from nlp_contrastive.modeling import bundled_default_model_path
+
+    ds, recipe = _train_rows(RECIPES[kind], max_rows)
+    model = SentenceTransformer(bundled_default_model_path(), device="cpu")
+    args = recipe.training
+    if kind == "cosine":
+        ds = ds.select_columns(["anchor", "positive", "score"])
+        loss = losses.CosineSimilarityLoss(model)
+        sampler = BatchSamplers.BATCH_SAMPLER
+    else:
+        ds = ds.select_columns(["anchor", "positive"])
+        loss = losses.MultipleNegativesRankingLoss(model, scale=1.0 / recipe.loss.loss_kwargs.get("temperature", 0.05))
+        sampler = BatchSamplers.NO_DUPLICATES
+    st_args = SentenceTransformerTrainingArguments(
+        output_dir=output_dir, num_train_epochs=args.num_train_epochs,
+        per_device_train_batch_size=args.per_device_train_batch_size, learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps, seed=args.seed, logging_steps=args.logging_steps, save_strategy="no",
+        eval_strategy="no", report_to="none", batch_sampler=sampler, use_cpu=True,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=st_args, train_dataset=ds, loss=loss)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    model.save(os.path.join(output_dir, "final"))
+    return {"rows": len(ds), "seconds": seconds, "model": os.path.join(output_dir, "final")}
+
+
+def run_ours(kind: str, output_dir: str, max_rows: int | None) -> dict:
+    from nlp_contrastive.train import train
+
+    overrides = ["--output_dir", output_dir, "--overwrite_output_dir", "true", "--eval_tasks", "[]",
+                 "--final_eval_tasks", "[]", "--use_cpu", "true"]
+    if max_rows:
+        overrides += ["--max_train_rows", str(max_rows)]
+    start = time.perf_counter()
+    train(str(RECIPES[kind]), overrides)
+    seconds = time.perf_counter() - start
+    run = json.loads((Path(output_dir) / "training_run.json").read_text())
+    return {"rows": run["train_rows"], "seconds": run["train_runtime_seconds"], "wall_seconds": seconds,
+            "model": output_dir}
+
+
+def worker(trainer: str, kind: str, output_dir: str, max_rows: int | None) -> None:
+    result = (run_sentence_transformers if trainer == "st" else run_ours)(kind, output_dir, max_rows)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from nlp_contrastive.evaluation.suite import load_suite
+    from nlp_contrastive.modeling import Encoder
+
+    suite = load_suite({"tasks": [{"name": "stsb-test", "type": "sts", "dataset": "stsb", "split": "test"}]})
+    result["stsb_test_spearman"] = suite(Encoder.from_pretrained(result["model"]))["stsb-test"]["spearman_cosine"]
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_in_subprocess(trainer: str, kind: str, output_dir: str, max_rows: int | None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", trainer, "--only", kind, "--output", output_dir]
+    if max_rows:
+        cmd += ["--max-rows", str(max_rows)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{trainer}/{kind} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(RECIPES), action="append")
+    parser.add_argument("--max-rows", type=int, default=None, help="train on the first N rows (quick check)")
+    parser.add_argument("--worker", choices=["st", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("NLPC_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.worker:
+        worker(args.worker, args.only[0], args.output, args.max_rows)
+        return
+    print(f"torch threads: {os.cpu_count()} cores; recipes: {', '.join(args.only or sorted(RECIPES))}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        for kind in args.only or sorted(RECIPES):
+            st = run_in_subprocess("st", kind, os.path.join(tmp, f"st-{kind}"), args.max_rows)
+            ours = run_in_subprocess("ours", kind, os.path.join(tmp, f"ours-{kind}"), args.max_rows)
+            rows.append((kind, st, ours))
+    header = f"{'recipe':<10} {'ST pairs/s':>10} {'ours pairs/s':>12} {'ratio':>6} {'ST RSS MB':>9} " \
+             f"{'ours RSS MB':>11} {'ST STS-B':>8} {'ours STS-B':>10}"
+    print(header)
+    for kind, st, ours in rows:
+        st_rate, our_rate = st["rows"] / st["seconds"], ours["rows"] / ours["seconds"]
+        print(f"{kind:<10} {st_rate:>10.1f} {our_rate:>12.1f} {our_rate / st_rate:>6.2f} {st['peak_rss_mb']:>9.0f} "
+              f"{ours['peak_rss_mb']:>11.0f} {100 * st['stsb_test_spearman']:>8.2f} "
+              f"{100 * ours['stsb_test_spearman']:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
