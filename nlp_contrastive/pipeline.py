@@ -272,6 +272,5 @@ def finish_run(recipe: Recipe, encoder: Encoder, loss: nn.Module, train_ds: data
             print(hub.push_to_hub(output_dir, repo_id, private=bool(recipe.training.hub_private_repo),
                                   token=recipe.training.hub_token))
         except hub.HubPushError as exc:
-            print(f"error: {exc} (the trained model is safe in {output_dir}; push later with "
-                  f"`nlp-contrastive push {output_dir} --repo-id {repo_id}`)")
+            print(f"error: {exc} Push again later with `nlp-contrastive push {output_dir} --repo-id {repo_id}`.")
     return results
