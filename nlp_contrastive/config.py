@@ -178,7 +178,9 @@ def check_keys_and_types(values: dict[str, Any]) -> None:
 
 
 def _coerce_number(value: Any, expected) -> Any:
-    """YAML 1.1 reads `3e-5` as a string; accept it where the field is a float."""
+    """YAML 1.1 reads `3e-5` as a string; accept it where the field is a float (and `true` where it is a str)."""
+    if isinstance(value, bool) and expected is not None and _matches("x", expected) and not _matches(value, expected):
+        return str(value).lower()
     if isinstance(value, str) and expected is not None and _matches(1.5, expected) and not _matches(value, expected):
         try:
             return float(value)

@@ -88,8 +88,11 @@ def check_loss_against_data(loss: nn.Module, ds: datasets.Dataset, recipe: Recip
                              f"(got {args.per_device_train_batch_size}): raise it, or add hard negatives")
 
 
-def build_train_dataset(recipe: Recipe, encoder: Encoder) -> datasets.Dataset:
-    ds = data_lib.build_train_dataset(recipe.data.train_data, max_rows=recipe.data.max_train_rows)
+def build_train_dataset(recipe: Recipe) -> datasets.Dataset:
+    return data_lib.build_train_dataset(recipe.data.train_data, max_rows=recipe.data.max_train_rows)
+
+
+def tokenize(recipe: Recipe, ds: datasets.Dataset, encoder: Encoder) -> datasets.Dataset:
     return data_lib.tokenize_roles(ds, encoder.tokenizer, encoder.max_seq_length, num_proc=recipe.data.tokenize_num_proc)
 
 

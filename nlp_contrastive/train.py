@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def train(recipe_path: str | None, overrides: list[str]) -> int:
+def train(recipe_path: str | None, overrides: list[str], callbacks: list | None = None) -> int:
+    """Run a recipe end to end; `callbacks` are extra transformers TrainerCallbacks (tests, integrations)."""
     started = time.time()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = load_recipe(recipe_path, overrides)
@@ -32,8 +33,9 @@ def train(recipe_path: str | None, overrides: list[str]) -> int:
     pipeline.check_output_dir(args)
     encoder = pipeline.build_encoder(recipe)
     loss = pipeline.build_loss(recipe)
-    train_ds = pipeline.build_train_dataset(recipe, encoder)
+    train_ds = pipeline.build_train_dataset(recipe)
     pipeline.check_loss_against_data(loss, train_ds, recipe)
+    train_ds = pipeline.tokenize(recipe, train_ds, encoder)
     if args.should_log:
         pipeline.print_resolved(recipe, pipeline.derived_numbers(recipe, len(train_ds)))
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
@@ -41,7 +43,7 @@ def train(recipe_path: str | None, overrides: list[str]) -> int:
         encoder, args, loss, train_dataset=train_ds,
         evaluator=pipeline.build_evaluator(recipe.eval.eval_tasks, recipe.eval.eval_batch_size),
         batch_sampler_factory=pipeline.build_batch_sampler_factory(recipe),
-        single_forward=recipe.loss.single_forward,
+        single_forward=recipe.loss.single_forward, callbacks=callbacks,
     )
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):

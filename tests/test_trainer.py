@@ -1,0 +1,123 @@
+"""End-to-end training on a tiny random BERT: outputs, resume equality, reproducibility, bad inputs."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from nlp_contrastive.train import main, train
+from tests.conftest import REPO_ROOT, make_tiny_encoder
+
+COSINE = str(REPO_ROOT / "recipes" / "stsb-cosine.yaml")
+INFONCE = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")
+
+
+@pytest.fixture
+def dropout_model_dir(tmp_path):
+    path = tmp_path / "tiny-dropout"
+    make_tiny_encoder(dropout=0.1).save_pretrained(path)
+    return str(path)
+
+
+def tiny_overrides(model_dir, output_dir, *extra):
+    return ["--model_name_or_path", model_dir, "--output_dir", str(output_dir), "--max_train_rows", "48",
+            "--per_device_train_batch_size", "8", "--eval_tasks", "[]", "--final_eval_tasks", "[]",
+            "--logging_steps", "1", "--use_cpu", "true", "--report_to", "none", *extra]
+
+
+class KillAt(TrainerCallback):
+    """Simulates a crash right after a given optimizer step (after that step's checkpoint was written)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step + 1:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(dropout_model_dir, tmp_path, data_dir):
+    common = ("--save_strategy", "steps", "--save_steps", "3", "--max_steps", "6", "--learning_rate", "1e-3")
+    train(COSINE, tiny_overrides(dropout_model_dir, tmp_path / "straight", *common))
+    with pytest.raises(KeyboardInterrupt):
+        train(COSINE, tiny_overrides(dropout_model_dir, tmp_path / "killed", *common), callbacks=[KillAt(3)])
+    assert (tmp_path / "killed" / "checkpoint-3").is_dir()
+    train(COSINE, tiny_overrides(dropout_model_dir, tmp_path / "killed", *common, "--resume_from_checkpoint", "true"))
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "model.safetensors")
+    initial = make_tiny_encoder(dropout=0.1).model.state_dict()
+    assert any(not torch.equal(straight[k], initial[k]) for k in straight), "training did not change weights"
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_same_seed_same_loss_curve_and_outputs(dropout_model_dir, tmp_path, data_dir):
+    for run in ("a", "b"):
+        train(INFONCE, tiny_overrides(dropout_model_dir, tmp_path / run, "--max_steps", "4"))
+    curves = [json.loads((tmp_path / run / "training_run.json").read_text()) for run in ("a", "b")]
+    assert curves[0]["final_train_loss"] == curves[1]["final_train_loss"]
+    states = [load_file(tmp_path / run / "model.safetensors") for run in ("a", "b")]
+    for name in states[0]:
+        assert torch.equal(states[0][name], states[1][name]), name
+
+
+def test_outputs_results_card_and_curves(tiny_model_dir, tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    code = main([COSINE, *tiny_overrides(str(tiny_model_dir), out, "--max_steps", "2", "--final_eval_tasks",
+                                         "[{name: stsb-test, type: sts, dataset: stsb, split: test}]")])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert 0 <= abs(results["stsb-test"]["spearman_cosine"]) <= 1
+    assert (out / "training_curves.png").stat().st_size > 1000
+    assert (out / "README.md").exists()
+    printed = capsys.readouterr().out
+    assert "global_batch_size: 8" in printed and "stsb-test" in printed
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(out), device="cpu").encode(["hello"]).shape == (1, 32)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--loss", "cosine_similarity", "--train_data",
+      "[{dataset: stsb, columns: {anchor: sentence1, positive: sentence2}}]"], "needs a 'score' column"),
+    (["--loss", "info_nce", "--per_device_train_batch_size", "1"], "per_device_train_batch_size must be >= 2"),
+    (["--loss", "no_such_loss"], "unknown loss 'no_such_loss'"),
+    (["--train_data", "[{dataset: stsb, columns: {anchor: sentence1, positive: nope}}]"], r"column\(s\) \['nope'\]"),
+    (["--batch_size", "8"], "unknown recipe key 'batch_size'"),
+])
+def test_bad_inputs_fail_before_training(tiny_model_dir, tmp_path, data_dir, capsys, extra, message):
+    code = main([COSINE, *tiny_overrides(str(tiny_model_dir), tmp_path / "o"), *extra])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1, err
+    assert re.search(message, errors[0]), err
+
+
+def test_non_empty_output_dir_and_missing_recipe(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "precious.txt").write_text("keep me")
+    assert main([COSINE, *tiny_overrides(str(tiny_model_dir), tmp_path / "used")]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "used" / "precious.txt").read_text() == "keep me"
+    assert main(["recipes/nope.yaml"]) == 2
+    assert "recipe 'recipes/nope.yaml' does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tiny_model_dir, tmp_path, data_dir):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "nlp_contrastive.train", INFONCE,
+           *tiny_overrides(str(tiny_model_dir), out, "--max_steps", "2", "--loss_kwargs",
+                           "{temperature: 0.05, gather_across_devices: true}")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "processes: 2" in proc.stdout and "global_batch_size: 16" in proc.stdout
+    assert (out / "model.safetensors").exists()
