@@ -120,6 +120,10 @@ def loss_arguments(loss: nn.Module, embeddings: dict[str, torch.Tensor], batch: 
 class ContrastiveTrainer(Trainer):
     """Trainer for an `Encoder` and a loss over role embeddings; evaluation through the evaluation suite."""
 
+    # Our losses return a batch mean, so Trainer must divide by gradient_accumulation_steps itself (it would
+    # assume otherwise because Encoder.forward takes **inputs).
+    loss_is_scaled_for_ga = False
+
     def __init__(self, model: Encoder, args: TrainingArguments, loss: nn.Module, *, train_dataset,
                  evaluator: Callable[[Encoder], dict[str, float]] | None = None, batch_sampler_factory=None,
                  single_forward: bool = True, **kwargs) -> None:

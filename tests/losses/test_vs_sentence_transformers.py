@@ -1,0 +1,137 @@
+"""Same embeddings, same loss value and gradients as sentence-transformers where it has the same loss.
+
+sentence-transformers' losses hold a model; their `compute_loss_from_embeddings` takes precomputed embeddings
+(one [B, D] tensor per column), so we build them with model=None and call that. Convention differences are
+asserted explicitly here and documented in our docstrings.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
+from sentence_transformers.sentence_transformer.losses.batch_hard_triplet import (  # noqa: E402
+    BatchHardTripletLossDistanceFunction,
+)
+from sentence_transformers.sentence_transformer.losses.contrastive import SiameseDistanceMetric  # noqa: E402
+from sentence_transformers.sentence_transformer.losses.triplet import TripletDistanceMetric  # noqa: E402
+from sentence_transformers.util import dot_score  # noqa: E402
+
+from nlp_contrastive.losses import (  # noqa: E402
+    batch_all_triplet,
+    batch_hard_triplet,
+    contrastive,
+    cosent,
+    cosine_similarity_loss,
+    info_nce,
+    online_contrastive,
+    triplet,
+)
+
+B, D = 8, 6
+
+
+def _columns(n: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, D, generator=g, dtype=torch.float64).requires_grad_(True) for _ in range(n)]
+
+
+def _same(ours_fn, theirs_fn, columns, atol=1e-10):
+    """Equal values and equal gradients w.r.t. every embedding column."""
+    ours, theirs = ours_fn(columns), theirs_fn(columns)
+    rtol = max(atol, 1e-8)
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=rtol, atol=atol)
+    g_ours = torch.autograd.grad(ours, columns, allow_unused=True)
+    g_theirs = torch.autograd.grad(theirs, columns, allow_unused=True)
+    for a, b in zip(g_ours, g_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+def _no_labels():
+    return torch.zeros(B)
+
+
+@pytest.mark.parametrize("n_negatives", [0, 1, 2])
+def test_mnrl_equals_info_nce_with_scale_20(n_negatives):
+    mnrl = st_losses.MultipleNegativesRankingLoss(model=None, scale=20.0)
+    _same(lambda c: info_nce(c[0], c[1], torch.stack(c[2:], dim=1) if n_negatives else None, temperature=0.05),
+          lambda c: mnrl.compute_loss_from_embeddings(c, _no_labels()), _columns(2 + n_negatives))
+
+
+def test_mnrl_dot_product_equals_info_nce_dot():
+    mnrl = st_losses.MultipleNegativesRankingLoss(model=None, scale=1.0, similarity_fct=dot_score)
+    _same(lambda c: info_nce(c[0], c[1], c[2], similarity="dot", scale=1.0),
+          lambda c: mnrl.compute_loss_from_embeddings(c, _no_labels()), _columns(3))
+
+
+@pytest.mark.parametrize("n_negatives", [0, 2])
+def test_symmetric_mnrl_equals_symmetric_info_nce(n_negatives):
+    symmetric = st_losses.MultipleNegativesRankingLoss(model=None, scale=20.0,
+                                                       directions=("query_to_doc", "doc_to_query"),
+                                                       partition_mode="per_direction")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mnsrl = st_losses.MultipleNegativesSymmetricRankingLoss(model=None, scale=20.0)
+    for theirs in (symmetric, mnsrl):
+        _same(lambda c: info_nce(c[0], c[1], torch.stack(c[2:], dim=1) if n_negatives else None, scale=20.0,
+                                 symmetric=True),
+              lambda c, t=theirs: t.compute_loss_from_embeddings(c, _no_labels()), _columns(2 + n_negatives))
+
+
+def test_cosent_equals_with_scale():
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.5, 0.0, 0.7, 0.2, 1.0], dtype=torch.float64)
+    theirs = st_losses.CoSENTLoss(model=None, scale=20.0)
+    _same(lambda c: cosent(c[0], c[1], scores, temperature=0.05),
+          lambda c: theirs.compute_loss_from_embeddings(c, scores), _columns(2))
+
+
+def test_cosine_similarity_loss_equals():
+    scores = torch.rand(B, generator=torch.Generator().manual_seed(3))  # ST casts labels to float32
+    theirs = st_losses.CosineSimilarityLoss(model=None)
+    _same(lambda c: cosine_similarity_loss(c[0], c[1], scores),
+          lambda c: theirs.compute_loss_from_embeddings(c, scores), _columns(2))
+
+
+@pytest.mark.parametrize("distance, metric, margin", [
+    ("euclidean", TripletDistanceMetric.EUCLIDEAN, 5.0),  # ST's default margin 5 (ours: 1)
+    ("cosine", TripletDistanceMetric.COSINE, 0.5),
+    ("manhattan", TripletDistanceMetric.MANHATTAN, 8.0),
+])
+def test_triplet_equals(distance, metric, margin):
+    theirs = st_losses.TripletLoss(model=None, distance_metric=metric, triplet_margin=margin)
+    _same(lambda c: triplet(c[0], c[1], c[2], margin=margin, distance=distance),
+          lambda c: theirs.compute_loss_from_embeddings(c, _no_labels()), _columns(3))
+
+
+# F.pairwise_distance (ST's euclidean/manhattan) adds eps=1e-6 to the difference: equal up to ~1e-6.
+@pytest.mark.parametrize("distance, metric, margin, atol", [
+    ("cosine", SiameseDistanceMetric.COSINE_DISTANCE, 0.5, 1e-10),  # ST's default
+    ("euclidean", SiameseDistanceMetric.EUCLIDEAN, 3.0, 1e-5),
+    ("manhattan", SiameseDistanceMetric.MANHATTAN, 6.0, 1e-5),
+])
+def test_contrastive_and_online_contrastive_equal(distance, metric, margin, atol):
+    labels = torch.tensor([1, 0, 0, 1, 1, 0, 1, 0], dtype=torch.float64)
+    theirs = st_losses.ContrastiveLoss(model=None, distance_metric=metric, margin=margin)
+    _same(lambda c: contrastive(c[0], c[1], labels, margin=margin, distance=distance),
+          lambda c: theirs.compute_loss_from_embeddings(c, labels), _columns(2), atol=atol)
+    # ST's OnlineContrastiveLoss sums over hard pairs without the 1/2: 2 * our "sum".
+    online = st_losses.OnlineContrastiveLoss(model=None, distance_metric=metric, margin=margin)
+    _same(lambda c: 2 * online_contrastive(c[0], c[1], labels, margin=margin, distance=distance, reduction="sum"),
+          lambda c: online.compute_loss_from_embeddings(c, labels), _columns(2, seed=4), atol=atol)
+
+
+@pytest.mark.parametrize("distance, metric", [
+    ("euclidean", BatchHardTripletLossDistanceFunction.euclidean_distance),
+    ("cosine", BatchHardTripletLossDistanceFunction.cosine_distance),
+])
+def test_batch_hard_and_batch_all_equal(distance, metric):
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0])  # every anchor has a positive and a negative
+    hard = st_losses.BatchHardTripletLoss(model=None, distance_metric=metric, margin=5.0)
+    _same(lambda c: batch_hard_triplet(c[0], labels, margin=5.0, distance=distance),
+          lambda c: hard.compute_loss_from_embeddings(c, labels), _columns(1), atol=1e-7)
+    every = st_losses.BatchAllTripletLoss(model=None, distance_metric=metric, margin=1.0)
+    _same(lambda c: batch_all_triplet(c[0], labels, margin=1.0, distance=distance),
+          lambda c: every.compute_loss_from_embeddings(c, labels), _columns(1), atol=1e-7)
