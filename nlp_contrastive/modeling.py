@@ -120,7 +120,7 @@ class Encoder(nn.Module):
     ) -> Encoder:
         """Load our saves, any sentence-transformers folder, or a plain transformers model (mean pooling)."""
         path = resolve_model_path(str(name_or_path))
-        st = _read_sentence_transformers_layout(path) if os.path.isdir(path) else {}
+        st = read_sentence_transformers_layout(path) if os.path.isdir(path) else {}
         if os.path.isdir(path) and not os.path.exists(os.path.join(path, st.get("transformer_path", ""),
                                                                    "config.json")):
             raise ValueError(
@@ -202,6 +202,14 @@ class Encoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        """Trainer's `gradient_checkpointing: true` lands here; trade compute for activation memory."""
+        if hasattr(self.model, "activation_checkpointing_enable"):
+            self.model.activation_checkpointing_enable(**kwargs)
+        else:
+            kwargs = {"gradient_checkpointing_kwargs": kwargs.get("activation_checkpointing_kwargs")}
+            self.model.gradient_checkpointing_enable(**kwargs)
+
     def tokenize(self, texts: Sequence[str], padding: bool | str = True) -> dict[str, torch.Tensor]:
         return self.tokenizer(list(texts), padding=padding, truncation=True,
                               max_length=self.max_seq_length, return_tensors="pt")
@@ -221,34 +229,55 @@ class Encoder(nn.Module):
         convert_to: Literal["numpy", "torch"] = "numpy",
         normalize: bool = False,
     ) -> np.ndarray | torch.Tensor:
-        """Embed texts in length-sorted batches (less padding); rows come back in input order."""
+        """Embed texts in token-length-sorted batches (least padding); rows come back in input order.
+
+        Identical texts are encoded once (eval mode is deterministic), which matters for STS/SICK-style sets
+        where a sentence appears in many pairs.
+        """
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         _check_texts(texts)
+        slot = {text: i for i, text in enumerate(dict.fromkeys(texts))}
+        unique = list(slot)
         was_training = self.training
         self.eval()
         device = self.device
-        # Sort by character length (longest first) so each batch pads to a similar length.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        chunks: list[torch.Tensor] = []
+        sorted_embeddings = torch.empty(len(unique), self.dimension, device=device)
         if show_progress_bar is None:
-            show_progress_bar = len(texts) > 10 * batch_size
-        for start in tqdm(range(0, len(texts), batch_size), desc="Encoding", disable=not show_progress_bar):
-            batch = [texts[i] for i in order[start:start + batch_size]]
-            features = {k: v.to(device) for k, v in self.tokenize(batch).items()}
-            chunks.append(self(**features).float())
-        self.train(was_training)
-        if chunks:
-            sorted_embeddings = torch.cat(chunks)
-        else:
-            sorted_embeddings = torch.empty(0, self.dimension, device=device)
-        embeddings = torch.empty_like(sorted_embeddings)
-        embeddings[torch.tensor(order, device=device, dtype=torch.long)] = sorted_embeddings
+            show_progress_bar = len(unique) > 10 * batch_size
+        progress = tqdm(total=len(unique), desc="Encoding", disable=not show_progress_bar)
+        try:
+            for rows, features in self._sorted_batches(unique, batch_size):
+                features = {k: v.to(device) for k, v in features.items()}
+                sorted_embeddings[rows.to(device)] = self(**features).float()
+                progress.update(len(rows))
+        finally:
+            progress.close()
+            self.train(was_training)
+        embeddings = sorted_embeddings[torch.tensor([slot[t] for t in texts], dtype=torch.long, device=device)]
         if normalize:
             embeddings = F.normalize(embeddings, p=2, dim=-1)
         if single:
             embeddings = embeddings[0]
         return embeddings.cpu().numpy() if convert_to == "numpy" else embeddings
+
+    def _sorted_batches(self, texts: list[str], batch_size: int, window_batches: int = 128):
+        """Yield (row indices, padded features), longest first, tokenizing each text once.
+
+        Texts are ordered by character length globally (cheap), then tokenized a window at a time and re-sorted
+        by exact token count inside the window, so memory stays bounded for huge corpora.
+        """
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        window = batch_size * window_batches
+        for start in range(0, len(order), window):
+            rows = order[start:start + window]
+            encoded = self.tokenizer([texts[i] for i in rows], truncation=True, max_length=self.max_seq_length)
+            by_length = sorted(range(len(rows)), key=lambda j: -len(encoded["input_ids"][j]))
+            for b in range(0, len(by_length), batch_size):
+                picked = by_length[b:b + batch_size]
+                features = self.tokenizer.pad({k: [v[j] for j in picked] for k, v in encoded.items()},
+                                              return_tensors="pt")
+                yield torch.tensor([rows[j] for j in picked], dtype=torch.long), features
 
 
 def _check_texts(texts: list) -> None:
@@ -257,7 +286,7 @@ def _check_texts(texts: list) -> None:
             raise TypeError(f"text #{i} is {type(text).__name__}, not str: pass a list of strings")
 
 
-def _read_sentence_transformers_layout(path: str) -> dict:
+def read_sentence_transformers_layout(path: str) -> dict:
     """Read modules.json + module configs of a sentence-transformers folder; {} for a plain transformers one."""
     modules_file = os.path.join(path, "modules.json")
     if not os.path.exists(modules_file):

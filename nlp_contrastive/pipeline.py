@@ -64,7 +64,9 @@ def build_loss(recipe: Recipe) -> nn.Module:
 
 
 def base_loss(loss: nn.Module) -> nn.Module:
-    return loss.loss if hasattr(loss, "mini_batch_size") and isinstance(getattr(loss, "loss", None), nn.Module) else loss
+    from nlp_contrastive.cached import CachedLoss
+
+    return loss.loss if isinstance(loss, CachedLoss) else loss
 
 
 def check_loss_against_data(loss: nn.Module, ds: datasets.Dataset, recipe: Recipe) -> None:

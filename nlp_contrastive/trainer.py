@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 
+from nlp_contrastive.cached import CachedLoss
 from nlp_contrastive.data import TEXT_ROLES
 from nlp_contrastive.modeling import Encoder
 
@@ -93,28 +94,35 @@ def embed_roles(model: Callable, features: dict[str, dict[str, torch.Tensor]], s
     return dict(zip(roles, torch.split(embeddings, sizes), strict=True))
 
 
-def loss_arguments(loss: nn.Module, embeddings: dict[str, torch.Tensor], batch: dict) -> dict:
-    """Map embeddings and batch extras onto the loss's keyword arguments (only those it accepts)."""
-    values = dict(embeddings)
-    if "negatives" in values and "negatives_index" in batch:
+def batch_extras(batch: dict) -> dict:
+    """Non-embedding loss inputs from a collated batch: text ids, negatives ids [B, K], score, label."""
+    extras = {f"{role}_ids": batch[f"{role}_ids"] for role in ("anchor", "positive", "negative")
+              if f"{role}_ids" in batch}
+    if "negatives_index" in batch:
         index = batch["negatives_index"]
-        flat = values["negatives"]
-        gathered = flat[index.clamp(min=0)]  # [B, K, D]; padded slots masked below
-        values["negatives"] = gathered
-        values["negatives_mask"] = index >= 0
-        if "negatives_ids" in batch:
-            values["negative_ids"] = torch.where(index >= 0, batch["negatives_ids"][index.clamp(min=0)], -1)
-    for role in ("anchor", "positive", "negative"):
-        if f"{role}_ids" in batch:
-            values[f"{role}_ids"] = batch[f"{role}_ids"]
+        extras["negative_ids"] = torch.where(index >= 0, batch["negatives_ids"][index.clamp(min=0)], -1)
     for name in ("score", "label"):
         if name in batch:
-            values[name] = batch[name]
-    target = loss.loss if hasattr(loss, "loss") and isinstance(loss.loss, nn.Module) else loss
-    accepted = inspect.signature(target.forward).parameters
+            extras[name] = batch[name]
+    return extras
+
+
+def accepted_arguments(loss: nn.Module, values: dict) -> dict:
+    """Only the keyword arguments the loss's forward takes (a loss without hard negatives ignores their ids)."""
+    accepted = inspect.signature(loss.forward).parameters
     if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
         return values
     return {k: v for k, v in values.items() if k in accepted}
+
+
+def loss_arguments(loss: nn.Module, embeddings: dict[str, torch.Tensor], batch: dict) -> dict:
+    """Map embeddings and batch extras onto the loss's keyword arguments."""
+    values = dict(embeddings) | batch_extras(batch)
+    if "negatives" in values and "negatives_index" in batch:
+        index = batch["negatives_index"]
+        values["negatives"] = values["negatives"][index.clamp(min=0)]  # [B, K, D]; padded slots masked
+        values["negatives_mask"] = index >= 0
+    return accepted_arguments(loss, values)
 
 
 class ContrastiveTrainer(Trainer):
@@ -157,9 +165,9 @@ class ContrastiveTrainer(Trainer):
     # --------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         features = inputs["features"]
-        if hasattr(self.loss, "mini_batch_size"):  # CachedLoss embeds by itself, in mini-batches
-            extras = loss_arguments(self.loss, {}, inputs)
-            loss = self.loss(model, features, **extras)
+        if isinstance(self.loss, CachedLoss):  # embeds by itself, in mini-batches
+            extras = accepted_arguments(self.loss.loss, batch_extras(inputs))
+            loss = self.loss(model, features, negatives_index=inputs.get("negatives_index"), **extras)
         else:
             embeddings = embed_roles(model, features, self.single_forward)
             loss = self.loss(**loss_arguments(self.loss, embeddings, inputs))

@@ -121,3 +121,19 @@ def test_accelerate_launch_two_cpu_processes(tiny_model_dir, tmp_path, data_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "processes: 2" in proc.stdout and "global_batch_size: 16" in proc.stdout
     assert (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO_ROOT / "recipes").glob("*.yaml")))
+def test_every_recipe_runs_on_a_tiny_model(recipe, tiny_model_dir, tmp_path, data_dir):
+    """Each shipped recipe parses, loads its data, and trains 2 steps (cached ones through GradCache)."""
+    extra = ["--max_steps", "2", "--cache_mini_batch_size", "3"]
+    assert main([str(REPO_ROOT / "recipes" / recipe), *tiny_overrides(str(tiny_model_dir), tmp_path / "o", *extra)]) == 0
+    run = json.loads((tmp_path / "o" / "training_run.json").read_text())
+    assert run["final_train_loss"] > 0
+
+
+def test_cached_info_nce_with_ragged_negatives(tiny_model_dir, tmp_path, data_dir):
+    recipe = str(REPO_ROOT / "recipes" / "sick-ntuple.yaml")
+    extra = ["--max_steps", "2", "--loss", "info_nce", "--loss_kwargs", "{temperature: 0.05}", "--cached", "true",
+             "--cache_mini_batch_size", "5", "--batch_sampler", "no_duplicates"]
+    assert main([recipe, *tiny_overrides(str(tiny_model_dir), tmp_path / "o", *extra)]) == 0

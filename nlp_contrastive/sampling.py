@@ -1,0 +1,204 @@
+"""Rank-aware batch samplers: no duplicate texts in a global batch, or batches of similar length.
+
+Both build the whole epoch's batches up front (deterministic in seed and epoch, identical on every rank) and
+yield this rank's share, so `len()` is exact and every rank yields the same number of batches: a sampler whose
+ranks disagree on the number of batches hangs DDP at the last step (sentence-transformers #3348).
+
+Global batch = `batch_size * num_replicas` rows; rank r gets rows [r * batch_size, (r + 1) * batch_size) of each.
+A short global batch (the epoch's remainder) is cut into `num_replicas` equal parts of ceil(rows / num_replicas)
+rows; ranks left short are topped up with rows they already had this epoch (seen twice, like
+`DistributedSampler`'s padding), never with a row of another rank and never with a conflicting text, so rank
+outputs stay disjoint. With `drop_last=True` short global batches are dropped instead.
+
+The samplers have no `batch_size` attribute on purpose: accelerate's `BatchSamplerShard` would then pad or drop
+every batch shorter than it; without one it passes batches through unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from collections.abc import Hashable, Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class _EpochBatchSampler(Sampler[list[int]]):
+    """Shared machinery: per-epoch global batches (subclass), cached; rank sharding with disjoint top-ups."""
+
+    def __init__(self, num_rows: int, batch_size: int, *, drop_last: bool, seed: int, num_replicas: int,
+                 rank: int) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
+        self.num_rows = num_rows
+        self.per_device_batch_size = batch_size
+        self.drop_last = drop_last
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.per_device_batch_size * self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        """A new epoch gives a new order (the Trainer calls this before each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self._rank_batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from (list(batch) for batch in self._rank_batches())
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def _global_batches(self, rng: np.random.Generator) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _keys(self, row: int) -> Sequence[Hashable]:
+        """What may not repeat inside a global batch (besides the row itself)."""
+        return ()
+
+    def _rank_batches(self) -> list[list[int]]:
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self._shard(self._global_batches(self._rng())))
+        return self._cache[1]
+
+    def _shard(self, global_batches: list[list[int]]) -> list[list[int]]:
+        size, replicas = self.per_device_batch_size, self.num_replicas
+        full = [b for b in global_batches if len(b) == self.global_batch_size]
+        seen = [[row for b in full for row in b[r * size:(r + 1) * size]] for r in range(replicas)]
+        mine = []
+        for batch in global_batches:
+            if len(batch) == self.global_batch_size:
+                mine.append(batch[self.rank * size:(self.rank + 1) * size])
+            elif not self.drop_last:
+                parts = self._split_short(batch, seen)
+                if parts is None:
+                    warnings.warn(f"{type(self).__name__}: dropped a final batch of {len(batch)} rows that cannot "
+                                  f"be split over {replicas} ranks without repeating a text or a row", stacklevel=3)
+                    continue
+                for r, part in enumerate(parts):
+                    seen[r].extend(part)
+                mine.append(parts[self.rank])
+        return mine
+
+    def _split_short(self, batch: list[int], seen: list[list[int]]) -> list[list[int]] | None:
+        """Equal parts for all ranks; short parts topped up from the same rank's rows, without conflicts."""
+        part_size = math.ceil(len(batch) / self.num_replicas)
+        parts = [batch[r * part_size:(r + 1) * part_size] for r in range(self.num_replicas)]
+        used_rows = set(batch)
+        used_keys = {key for row in batch for key in self._keys(row)}
+        for r, part in enumerate(parts):
+            candidates = iter(seen[r])
+            while len(part) < part_size:
+                row = next(candidates, None)
+                if row is None:
+                    return None
+                keys = self._keys(row)
+                if row in used_rows or not used_keys.isdisjoint(keys):
+                    continue
+                part.append(row)
+                used_rows.add(row)
+                used_keys.update(keys)
+        return parts
+
+
+class NoDuplicatesBatchSampler(_EpochBatchSampler):
+    """Batches in which no text occurs twice across all rows and columns of the global (all-rank) batch.
+
+    With in-batch negatives a repeated text is a false negative: the model is pushed away from the right
+    answer. `texts_per_row[i]` lists every text of dataset row i (anchor, positive, negatives...).
+
+    Each epoch the rows are shuffled (seed, epoch); rows go into the current global batch in that order, and a
+    row whose text is already in it waits in a queue that is tried first for the next batches (at most
+    4 x global batch queued rows are examined per batch, so one very frequent text cannot make this quadratic).
+    Rows are never skipped: once the shuffled order is exhausted, the queue forms the last batches, which may be
+    short (see the module docstring for how short batches are split over ranks; `drop_last=True` drops them).
+    Texts are compared exactly, through a text -> integer table, so every rank builds the same batches.
+    """
+
+    def __init__(self, texts_per_row: Sequence[Sequence[str]], batch_size: int, *, drop_last: bool = False,
+                 seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(len(texts_per_row), batch_size, drop_last=drop_last, seed=seed,
+                         num_replicas=num_replicas, rank=rank)
+        table: dict[str, int] = {}
+        self._row_keys = [tuple({table.setdefault(text, len(table)) for text in _flatten(row)})
+                          for row in texts_per_row]
+
+    def _keys(self, row: int) -> Sequence[Hashable]:
+        return self._row_keys[row]
+
+    def _global_batches(self, rng: np.random.Generator) -> list[list[int]]:
+        size, keys = self.global_batch_size, self._row_keys
+        fresh = iter(rng.permutation(self.num_rows).tolist())
+        waiting: deque[int] = deque()
+        batches: list[list[int]] = []
+        while True:
+            batch: list[int] = []
+            used: set[int] = set()
+            kept: list[int] = []
+            while waiting and len(batch) < size and len(kept) + len(batch) < 4 * size:
+                row = waiting.popleft()
+                if used.isdisjoint(keys[row]):
+                    batch.append(row)
+                    used.update(keys[row])
+                else:
+                    kept.append(row)
+            waiting.extendleft(reversed(kept))  # still first in line, in their order
+            while len(batch) < size:
+                row = next(fresh, None)
+                if row is None:
+                    break
+                if used.isdisjoint(keys[row]):
+                    batch.append(row)
+                    used.update(keys[row])
+                else:
+                    waiting.append(row)
+            if not batch:
+                return batches
+            batches.append(batch)
+
+
+class LengthGroupedBatchSampler(_EpochBatchSampler):
+    """Batches of similar-length rows (less padding, faster steps), still in random order.
+
+    Each epoch: shuffle (seed, epoch), sort each mega-batch of `mega_batch_mult` global batches by length
+    (longest first), cut it into global batches, and shuffle the order of the batches. `lengths[i]` is row i's
+    length (e.g. its token count over all columns).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, mega_batch_mult: int = 50, seed: int = 0,
+                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(len(lengths), batch_size, drop_last=drop_last, seed=seed,
+                         num_replicas=num_replicas, rank=rank)
+        if mega_batch_mult < 1:
+            raise ValueError(f"mega_batch_mult must be >= 1, got {mega_batch_mult}")
+        self.lengths = np.asarray(lengths)
+        self.mega_batch_mult = mega_batch_mult
+
+    def _global_batches(self, rng: np.random.Generator) -> list[list[int]]:
+        size = self.global_batch_size
+        order = rng.permutation(self.num_rows)
+        mega = size * self.mega_batch_mult
+        grouped = np.concatenate([chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                                  for chunk in np.split(order, range(mega, self.num_rows, mega))])
+        batches = [grouped[i:i + size].tolist() for i in range(0, self.num_rows, size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _flatten(row: Sequence) -> Iterator[str]:
+    for value in [row] if isinstance(row, str) else row:
+        if isinstance(value, str):
+            yield value
+        else:
+            yield from value  # a list of negatives inside the row
