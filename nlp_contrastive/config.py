@@ -64,10 +64,15 @@ class LossConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation during training (eval_tasks) and on the final model (final_eval_tasks), as suite tasks."""
+    """Evaluation during training (eval_tasks, run at TrainingArguments' eval_strategy; `eval_score` is the first
+    task's primary metric, so `metric_for_best_model: score` picks the best checkpoint) and on the final model
+    (final_eval_tasks, written to results.json). Tasks use the evaluation-suite format (eval/sts.yaml)."""
 
-    eval_tasks: list[dict] = field(default_factory=list)
-    final_eval_tasks: list[dict] = field(default_factory=list)
+    eval_tasks: list[dict] = field(default_factory=lambda: [
+        {"name": "stsb-validation", "type": "sts", "dataset": "stsb", "split": "validation"}])
+    final_eval_tasks: list[dict] = field(default_factory=lambda: [
+        {"name": "stsb-test", "type": "sts", "dataset": "stsb", "split": "test"},
+        {"name": "sickr-test", "type": "sts", "dataset": "sickr", "split": "test"}])
     eval_batch_size: int = 64
 
 

@@ -22,13 +22,6 @@ from nlp_contrastive.modeling import Encoder, _library_versions
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EVAL_TASKS = [{"name": "stsb-validation", "type": "sts", "dataset": "stsb", "split": "validation"}]
-DEFAULT_FINAL_EVAL_TASKS = [
-    {"name": "stsb-test", "type": "sts", "dataset": "stsb", "split": "test"},
-    {"name": "sickr-test", "type": "sts", "dataset": "sickr", "split": "test"},
-]
-
-
 def check_output_dir(args) -> None:
     """Refuse to mix a new run into a used folder unless asked (resuming from it is fine)."""
     out = Path(args.output_dir)
@@ -266,7 +259,9 @@ def finish_run(recipe: Recipe, encoder: Encoder, loss: nn.Module, train_ds: data
         write_json_atomic(output_dir / "results.json", results)
         write_json_atomic(output_dir / "results_meta.json", suite.describe())
         print(format_table(results), flush=True)
-    write_json_atomic(output_dir / "training_run.json", run_info(recipe, loss, train_ds, train_output, started))
+    info = run_info(recipe, loss, train_ds, train_output, started)
+    info["log_history"] = log_history
+    write_json_atomic(output_dir / "training_run.json", info)
     plot_training_curves(log_history, output_dir / "training_curves.png")
     from nlp_contrastive import hub
 

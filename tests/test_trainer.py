@@ -137,3 +137,25 @@ def test_cached_info_nce_with_ragged_negatives(tiny_model_dir, tmp_path, data_di
     extra = ["--max_steps", "2", "--loss", "info_nce", "--loss_kwargs", "{temperature: 0.05}", "--cached", "true",
              "--cache_mini_batch_size", "5", "--batch_sampler", "no_duplicates"]
     assert main([recipe, *tiny_overrides(str(tiny_model_dir), tmp_path / "o", *extra)]) == 0
+
+
+def test_eval_during_training_selects_best_and_logs_tensorboard(tiny_model_dir, tmp_path, data_dir):
+    out = tmp_path / "o"
+    overrides = tiny_overrides(str(tiny_model_dir), out, "--max_steps", "4")
+    overrides += ["--eval_tasks", "[{name: sts-val, type: sts, dataset: stsb, split: validation}]",
+                  "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
+                  "--load_best_model_at_end", "true", "--metric_for_best_model", "score",
+                  "--report_to", "tensorboard"]
+    assert main([COSINE, *overrides]) == 0
+    history = json.loads((out / "training_run.json").read_text())["log_history"]
+    scores = {e["step"]: e["eval_score"] for e in history if "eval_score" in e}
+    assert sorted(scores) == [2, 4]
+    assert all(e["eval_sts-val_spearman_cosine"] == e["eval_score"] for e in history if "eval_score" in e)
+    best_step = max(scores, key=scores.get)
+    from nlp_contrastive.modeling import Encoder
+
+    final = Encoder.from_pretrained(str(out))
+    best = Encoder.from_pretrained(str(out / f"checkpoint-{best_step}"))
+    for (name, a), (_, b) in zip(final.model.state_dict().items(), best.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), f"final model is not the best checkpoint ({name})"
+    assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard event file"
