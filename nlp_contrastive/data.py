@@ -74,7 +74,7 @@ def _load_named(name: str, split: str, root: Path | None) -> datasets.Dataset:
     spec = NAMED_SETS[name]
     if root is not None and (root / name).is_dir():
         return _load_file(_split_file_in(root / name, split), split_label=split)
-    if spec.hub_id is None or _offline():
+    if spec.hub_id is None or is_offline():
         where = f"{root / name}" if root else f"${DATA_DIR_ENV} (unset)"
         hint = "no hub copy is known" if spec.hub_id is None else f"HF_HUB_OFFLINE is set, so {spec.hub_id} can't be fetched"
         raise FileNotFoundError(f"named set '{name}' not found in {where} and {hint}: set {DATA_DIR_ENV} to the "
@@ -115,7 +115,7 @@ def _load_file(path: Path, split_label: str) -> datasets.Dataset:
 
 
 def _load_hub(hub_id: str, split: str, config_name: str | None) -> datasets.Dataset:
-    if _offline():
+    if is_offline():
         raise FileNotFoundError(f"'{hub_id}' is neither a local file nor reachable: HF_HUB_OFFLINE is set, so the "
                                 "hub can't be used — give a local file, or a named set with a local copy")
     try:
@@ -125,7 +125,7 @@ def _load_hub(hub_id: str, split: str, config_name: str | None) -> datasets.Data
                                 f"{str(exc).splitlines()[0]}") from None
 
 
-def _offline() -> bool:
+def is_offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 

@@ -1,0 +1,46 @@
+"""Shared by the eval/ benchmark scripts: interleaved timing of two sides and the report.
+
+The machine may be shared, so one side can be slowed by someone else's job at any moment. Each round
+times both sides back to back (ABBA order across rounds), and the headline is the median over rounds of
+the per-round ratio: a burst of outside load spoils one round, not the result. Process CPU time is
+reported as well, since other processes' load inflates wall time but barely our own CPU seconds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def interleaved(sides: list[tuple[str, Callable[[], object]]], rounds: int
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict]:
+    """Run each side once per round, order alternating (ABBA...).
+
+    Returns ({side: [wall seconds]}, {side: [process CPU seconds]}, {side: last return value}).
+    """
+    wall: dict[str, list[float]] = {name: [] for name, _ in sides}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in sides}
+    outputs: dict[str, object] = {}
+    for r in range(rounds):
+        for name, run in (sides if r % 2 == 0 else sides[::-1]):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            outputs[name] = run()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+            print(f"  round {r + 1}: {name:<22} {wall[name][-1]:7.2f} s wall  {cpu[name][-1]:7.2f} s CPU", flush=True)
+    return wall, cpu, outputs
+
+
+def report(wall: dict[str, list[float]], cpu: dict[str, list[float]], ours: str, baseline: str) -> float:
+    """Print per-side summaries; return the median over rounds of baseline time / our time (wall)."""
+    for name in (ours, baseline):
+        print(f"{name:<22} wall: median {statistics.median(wall[name]):7.2f} s, best {min(wall[name]):7.2f} s, "
+              f"total {sum(wall[name]):7.2f} s   CPU total {sum(cpu[name]):7.2f} s   ({len(wall[name])} runs)")
+    per_round = [b / o for b, o in zip(wall[baseline], wall[ours], strict=True)]
+    ratio = statistics.median(per_round)
+    print(f"per-round ratios: {', '.join(f'{r:.2f}' for r in per_round)}")
+    print(f"ratio ({baseline} time / {ours} time): {ratio:.2f}x (median of rounds); "
+          f"{sum(wall[baseline]) / sum(wall[ours]):.2f}x on wall totals; "
+          f"{sum(cpu[baseline]) / sum(cpu[ours]):.2f}x on CPU totals")
+    return ratio

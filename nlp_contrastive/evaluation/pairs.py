@@ -1,0 +1,44 @@
+"""Similarity of embedding pairs (row i of `a` with row i of `b`), every function "higher means closer".
+
+Distances are negated (as sentence-transformers and MTEB do for correlation and ranking) so one sort
+direction fits all four functions. Computed in float64 so results do not depend on BLAS summation order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from nlp_contrastive.evaluation.embedding import encode_unique
+
+SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
+
+
+def paired_similarities(a: np.ndarray, b: np.ndarray,
+                        functions: Sequence[str] = SIMILARITY_FUNCTIONS) -> dict[str, np.ndarray]:
+    """{function: [n] scores} for the pairs (a[i], b[i]); euclidean/manhattan are negative distances."""
+    unknown = [f for f in functions if f not in SIMILARITY_FUNCTIONS]
+    if unknown:
+        raise ValueError(f"unknown similarity function(s) {unknown}: choose from {', '.join(SIMILARITY_FUNCTIONS)}")
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    out: dict[str, np.ndarray] = {}
+    for name in functions:
+        if name == "cosine":
+            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            out[name] = np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-12)
+        elif name == "dot":
+            out[name] = np.einsum("ij,ij->i", a, b)
+        elif name == "euclidean":
+            out[name] = -np.linalg.norm(a - b, axis=1)
+        else:
+            out[name] = -np.abs(a - b).sum(axis=1)
+    return out
+
+
+def encode_pairs(encoder, sentences1: Sequence[str], sentences2: Sequence[str], batch_size: int,
+                 functions: Sequence[str] = SIMILARITY_FUNCTIONS) -> dict[str, np.ndarray]:
+    """Encode both sides (each distinct sentence once) and score every pair with each function."""
+    left, right = encode_unique(encoder, [sentences1, sentences2], batch_size)
+    return paired_similarities(left, right, functions)
