@@ -66,11 +66,14 @@ def run_sentence_transformers(kind: str, output_dir: str, max_rows: int | None) 
     return {"rows": len(ds), "seconds": seconds, "model": os.path.join(output_dir, "final")}
 
 
-def run_ours(kind: str, output_dir: str, max_rows: int | None) -> dict:
+def run_ours(kind: str, output_dir: str, max_rows: int | None, bf16: bool = False) -> dict:
     from nlp_contrastive.train import train
 
-    overrides = ["--output_dir", output_dir, "--overwrite_output_dir", "true", "--eval_tasks", "[]",
-                 "--final_eval_tasks", "[]", "--use_cpu", "true"]
+    overrides = ["--bf16", "true" if bf16 else "false"]  # plain row = fp32 like ST's; +bf16 row = recipe as shipped
+    overrides += ["--output_dir", output_dir, "--overwrite_output_dir", "true", "--eval_tasks", "[]",
+                 "--final_eval_tasks", "[]", "--use_cpu", "true",
+                  "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+                  "--report_to", "none"]
     if max_rows:
         overrides += ["--max_train_rows", str(max_rows)]
     start = time.perf_counter()
@@ -82,7 +85,10 @@ def run_ours(kind: str, output_dir: str, max_rows: int | None) -> dict:
 
 
 def worker(trainer: str, kind: str, output_dir: str, max_rows: int | None) -> None:
-    result = (run_sentence_transformers if trainer == "st" else run_ours)(kind, output_dir, max_rows)
+    if trainer == "st":
+        result = run_sentence_transformers(kind, output_dir, max_rows)
+    else:
+        result = run_ours(kind, output_dir, max_rows, bf16=trainer == "ours-bf16")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     from nlp_contrastive.evaluation.suite import load_suite
     from nlp_contrastive.modeling import Encoder
@@ -107,7 +113,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(RECIPES), action="append")
     parser.add_argument("--max-rows", type=int, default=None, help="train on the first N rows (quick check)")
-    parser.add_argument("--worker", choices=["st", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help="also run ours with bf16 autocast (fp32 master weights)")
+    parser.add_argument("--worker", choices=["st", "ours", "ours-bf16"], help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("NLPC_DATA_DIR", str(REPO.parent / "shared" / "data"))
@@ -115,19 +122,22 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.only[0], args.output, args.max_rows)
         return
-    print(f"torch threads: {os.cpu_count()} cores; recipes: {', '.join(args.only or sorted(RECIPES))}")
+    print(f"{os.cpu_count()} cores; recipes: {', '.join(args.only or sorted(RECIPES))}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for kind in args.only or sorted(RECIPES):
             st = run_in_subprocess("st", kind, os.path.join(tmp, f"st-{kind}"), args.max_rows)
             ours = run_in_subprocess("ours", kind, os.path.join(tmp, f"ours-{kind}"), args.max_rows)
             rows.append((kind, st, ours))
-    header = f"{'recipe':<10} {'ST pairs/s':>10} {'ours pairs/s':>12} {'ratio':>6} {'ST RSS MB':>9} " \
+            if args.bf16:
+                rows.append((f"{kind}+bf16", st, run_in_subprocess("ours-bf16", kind, os.path.join(tmp, f"bf-{kind}"),
+                                                                  args.max_rows)))
+    header = f"{'recipe':<14} {'ST pairs/s':>10} {'ours pairs/s':>12} {'ratio':>6} {'ST RSS MB':>9} " \
              f"{'ours RSS MB':>11} {'ST STS-B':>8} {'ours STS-B':>10}"
-    print(header)
+    print(header, flush=True)
     for kind, st, ours in rows:
         st_rate, our_rate = st["rows"] / st["seconds"], ours["rows"] / ours["seconds"]
-        print(f"{kind:<10} {st_rate:>10.1f} {our_rate:>12.1f} {our_rate / st_rate:>6.2f} {st['peak_rss_mb']:>9.0f} "
+        print(f"{kind:<14} {st_rate:>10.1f} {our_rate:>12.1f} {our_rate / st_rate:>6.2f} {st['peak_rss_mb']:>9.0f} "
               f"{ours['peak_rss_mb']:>11.0f} {100 * st['stsb_test_spearman']:>8.2f} "
               f"{100 * ours['stsb_test_spearman']:>10.2f}")
 

@@ -119,12 +119,23 @@ def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
         values = flatten_sections(loaded, source=str(path))
     values.update(parse_overrides(overrides or []))
     check_keys_and_types(values)
+    _bf16_on_cpu_only_machines(values)
     parser = HfArgumentParser(CONFIG_CLASSES)
     try:
         model, data, loss, evaluation, training = parser.parse_dict(values)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"invalid recipe value: {str(exc).splitlines()[0]}") from None
     return Recipe(model, data, loss, evaluation, training, source=path)
+
+
+def _bf16_on_cpu_only_machines(values: dict[str, Any]) -> None:
+    """`bf16: true` means bf16 autocast wherever we run: on a machine with no bf16 GPU, transformers insists on
+    `use_cpu: true`, so set it there (printed with the resolved recipe) and the same recipe stays GPU-ready."""
+    if values.get("bf16") and "use_cpu" not in values:
+        from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+        if not is_torch_bf16_gpu_available() and not is_torch_xla_available():
+            values["use_cpu"] = True
 
 
 def flatten_sections(loaded: dict, source: str = "recipe") -> dict[str, Any]:
@@ -163,7 +174,10 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
                 i += 1
             else:
                 raw = "true"
-        values[key] = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.safe_load(raw) if raw != "" else ""
+        if isinstance(value, bool) and raw.lower() not in ("true", "false"):
+            value = raw  # YAML 1.1 reads no/off/yes/on as booleans; `--eval_strategy no` means the string
+        values[key] = value
         i += 1
     return values
 

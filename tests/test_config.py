@@ -39,5 +39,15 @@ def test_missing_recipe_and_bad_yaml(tmp_path):
 
 def test_override_syntax():
     assert parse_overrides(["--a", "1", "--b=x", "--c"]) == {"a": 1, "b": "x", "c": True}
+    assert parse_overrides(["--eval_strategy", "no", "--bf16", "false"]) == {"eval_strategy": "no", "bf16": False}
     with pytest.raises(ValueError, match="unexpected argument 'x'"):
         parse_overrides(["x"])
+
+
+def test_bf16_recipe_runs_on_a_cpu_only_machine(tmp_path):
+    recipe = load_recipe(write(tmp_path, "bf16: true\noutput_dir: o\n"))
+    assert recipe.training.bf16 is True
+    import torch
+
+    if not torch.cuda.is_available():
+        assert recipe.training.use_cpu is True

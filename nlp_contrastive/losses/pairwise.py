@@ -183,16 +183,8 @@ class ContrastiveLoss(LossModule):
         return contrastive(anchor, positive, label, **self._config)
 
 
-class OnlineContrastiveLoss(LossModule):
-    """Contrastive loss on the batch's hard pairs only; see `online_contrastive`."""
-
-    roles = ("anchor", "positive", "label")
-    citation = HADSELL_2006
-
-    def __init__(self, margin: float = 1.0, distance: str = "euclidean", reduction: str = "mean") -> None:
-        get_distance(distance)
-        check_reduction(reduction)
-        super().__init__(margin=float(margin), distance=distance, reduction=reduction)
+class OnlineContrastiveLoss(ContrastiveLoss):
+    """Contrastive loss on the batch's hard pairs only (same hyperparameters); see `online_contrastive`."""
 
     def forward(self, anchor: Tensor, positive: Tensor, label: Tensor) -> Tensor:
         return online_contrastive(anchor, positive, label, **self._config)
