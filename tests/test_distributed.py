@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import make_tiny_encoder
 
 from nlp_contrastive.distributed import (
     Gathered,
@@ -25,6 +24,7 @@ from nlp_contrastive.distributed import (
     reduce_across_ranks,
 )
 from nlp_contrastive.losses import info_nce
+from tests.conftest import make_tiny_encoder
 
 
 # ------------------------------------------------------------------------------------------ no process group

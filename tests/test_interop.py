@@ -7,9 +7,9 @@ import re
 
 import numpy as np
 import pytest
-from conftest import make_tiny_encoder
 
 from nlp_contrastive.hub import build_model_card, read_model_info, write_model_card
+from tests.conftest import make_tiny_encoder
 
 
 def python_blocks(card: str) -> tuple[str, str]:
