@@ -253,13 +253,13 @@ def recipe_as_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
     for section, obj in zip(SECTIONS, (recipe.model, recipe.data, recipe.loss, recipe.eval, recipe.training),
                             strict=True):
         if section == "training":
-            defaults = TrainingArguments(output_dir="x")
-            entries = {k: v for k, v in obj.to_dict().items()
-                       if k in ("output_dir", "num_train_epochs", "per_device_train_batch_size", "learning_rate",
-                                "warmup_ratio", "warmup_steps", "weight_decay", "seed", "bf16", "fp16",
-                                "gradient_accumulation_steps", "max_steps", "lr_scheduler_type")
-                       or v != defaults.to_dict().get(k)}
-            entries.pop("logging_dir", None)
+            # Defaults from the field declarations: building a TrainingArguments here would reset accelerate's
+            # process state on this rank only (and hang DDP).
+            defaults = {f.name: f.default for f in dataclasses.fields(obj) if f.default is not dataclasses.MISSING}
+            always = ("output_dir", "num_train_epochs", "per_device_train_batch_size", "learning_rate",
+                      "warmup_steps", "weight_decay", "seed", "bf16", "fp16", "gradient_accumulation_steps",
+                      "max_steps", "lr_scheduler_type")
+            entries = {k: v for k, v in obj.to_dict().items() if k in always or v != defaults.get(k, v)}
         else:
             entries = dataclasses.asdict(obj)
         out[section] = {k: _plain(v) for k, v in entries.items()}

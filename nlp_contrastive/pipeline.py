@@ -30,6 +30,15 @@ def check_output_dir(args) -> None:
                          "choose another output_dir, or resume with --resume_from_checkpoint true")
 
 
+def check_eval_settings(recipe: Recipe) -> None:
+    """Evaluation during training needs tasks; say so before the Trainer's own, vaguer error."""
+    if str(getattr(recipe.training.eval_strategy, "value", recipe.training.eval_strategy)) != "no" \
+            and not recipe.eval.eval_tasks:
+        raise ValueError(f"eval_strategy is '{recipe.training.eval_strategy.value}' but eval_tasks is empty: add "
+                         "eval_tasks (e.g. [{name: stsb-validation, type: sts, dataset: stsb, split: validation}]) "
+                         "or set eval_strategy: 'no' (and load_best_model_at_end: false)")
+
+
 def build_encoder(recipe: Recipe) -> Encoder:
     cfg = recipe.model
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}

@@ -31,6 +31,7 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     recipe = load_recipe(recipe_path, overrides)
     args = recipe.training
     pipeline.check_output_dir(args)
+    pipeline.check_eval_settings(recipe)
     encoder = pipeline.build_encoder(recipe)
     loss = pipeline.build_loss(recipe)
     train_ds = pipeline.build_train_dataset(recipe)

@@ -28,7 +28,8 @@ def dropout_model_dir(tmp_path):
 def tiny_overrides(model_dir, output_dir, *extra):
     return ["--model_name_or_path", model_dir, "--output_dir", str(output_dir), "--max_train_rows", "48",
             "--per_device_train_batch_size", "8", "--eval_tasks", "[]", "--final_eval_tasks", "[]",
-            "--logging_steps", "1", "--use_cpu", "true", "--report_to", "none", *extra]
+            "--logging_steps", "1", "--use_cpu", "true", "--report_to", "none", "--eval_strategy", "no",
+            "--save_strategy", "no", "--load_best_model_at_end", "false", *extra]
 
 
 class KillAt(TrainerCallback):
@@ -90,6 +91,7 @@ def test_outputs_results_card_and_curves(tiny_model_dir, tmp_path, data_dir, cap
     (["--loss", "no_such_loss"], "unknown loss 'no_such_loss'"),
     (["--train_data", "[{dataset: stsb, columns: {anchor: sentence1, positive: nope}}]"], r"column\(s\) \['nope'\]"),
     (["--batch_size", "8"], "unknown recipe key 'batch_size'"),
+    (["--eval_tasks", "[]", "--eval_strategy", "steps"], "eval_strategy is 'steps' but eval_tasks is empty"),
 ])
 def test_bad_inputs_fail_before_training(tiny_model_dir, tmp_path, data_dir, capsys, extra, message):
     code = main([COSINE, *tiny_overrides(str(tiny_model_dir), tmp_path / "o"), *extra])
@@ -112,7 +114,9 @@ def test_non_empty_output_dir_and_missing_recipe(tiny_model_dir, tmp_path, capsy
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tiny_model_dir, tmp_path, data_dir):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    # `--cpu` alone makes accelerate start one process unless MPI is set up; the torch.distributed launcher
+    # (`--multi_gpu`) with use_cpu (set by the recipe's bf16 on CPU-only machines, or passed here) runs gloo.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "nlp_contrastive.train", INFONCE,
            *tiny_overrides(str(tiny_model_dir), out, "--max_steps", "2", "--loss_kwargs",
                            "{temperature: 0.05, gather_across_devices: true}")]
