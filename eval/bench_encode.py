@@ -9,7 +9,6 @@ time, the median over rounds (>= 1.0 means we are at least as fast).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -18,19 +17,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from benchlib import interleaved, report  # noqa: E402  (eval/benchlib.py)
+from benchlib import interleaved, parse_bench_args, report  # noqa: E402  (eval/benchlib.py)
 
 from nlp_contrastive.data import load_split  # noqa: E402
-from nlp_contrastive.modeling import DEFAULT_MODEL, Encoder, resolve_model_path  # noqa: E402
+from nlp_contrastive.modeling import Encoder, resolve_model_path  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5, help="timed runs per side")
-    parser.add_argument("--require", type=float, help="exit 1 if the ratio is below this")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(__doc__, argv, rounds=5)
     from sentence_transformers import SentenceTransformer
 
     rows = load_split("stsb", "test")

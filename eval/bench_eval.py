@@ -12,7 +12,6 @@ which must agree.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -21,22 +20,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from benchlib import interleaved, report  # noqa: E402  (eval/benchlib.py)
+from benchlib import interleaved, parse_bench_args, report  # noqa: E402  (eval/benchlib.py)
 from scipy.stats import spearmanr  # noqa: E402
 
 from nlp_contrastive.data import load_split  # noqa: E402
 from nlp_contrastive.evaluation import load_suite  # noqa: E402
 from nlp_contrastive.evaluation.suite import BUILTIN_STS_SUITE as SUITE  # noqa: E402  (STS-B + SICK-R test)
-from nlp_contrastive.modeling import DEFAULT_MODEL, Encoder, resolve_model_path  # noqa: E402
+from nlp_contrastive.modeling import Encoder, resolve_model_path  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs per side")
-    parser.add_argument("--require", type=float, help="exit 1 if the ratio is below this")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(__doc__, argv, rounds=3)
     from sentence_transformers import SentenceTransformer
 
     path = resolve_model_path(args.model)

@@ -44,3 +44,17 @@ def report(wall: dict[str, list[float]], cpu: dict[str, list[float]], ours: str,
           f"{sum(wall[baseline]) / sum(wall[ours]):.2f}x on wall totals; "
           f"{sum(cpu[baseline]) / sum(cpu[ours]):.2f}x on CPU totals")
     return ratio
+
+
+def parse_bench_args(doc: str, argv: list[str] | None, rounds: int):
+    """The flags both encode/eval benchmarks take: --model, --batch-size, --rounds, --require."""
+    import argparse
+
+    from nlp_contrastive.modeling import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=rounds, help="timed runs per side")
+    parser.add_argument("--require", type=float, help="exit 1 if the ratio is below this")
+    return parser.parse_args(argv)
