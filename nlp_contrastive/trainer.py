@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from nlp_contrastive.cached import CachedLoss
 from nlp_contrastive.data import TEXT_ROLES
@@ -182,6 +185,36 @@ class ContrastiveTrainer(Trainer):
         encoder: Encoder = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         encoder.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _get_output_dir(self, trial) -> str:
+        staging = getattr(self, "_checkpoint_staging_dir", None)
+        return staging if staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write checkpoint-N in a hidden staging folder, then rename it into place: a crash mid-save never leaves
+        a half-written checkpoint-N for `--resume_from_checkpoint true` to pick up."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, f".staging-{name}")
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._checkpoint_staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_staging_dir = None
+        if not self.args.should_save:
+            return
+        final = os.path.join(run_dir, name)
+        if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
+            self.state.best_model_checkpoint = final
+            self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(os.path.join(staging, name), final)
+        shutil.rmtree(staging, ignore_errors=True)
+        rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         encoder: Encoder = self.accelerator.unwrap_model(model or self.model, keep_torch_compile=False)

@@ -163,3 +163,26 @@ def test_eval_during_training_selects_best_and_logs_tensorboard(tiny_model_dir, 
     for (name, a), (_, b) in zip(final.model.state_dict().items(), best.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), f"final model is not the best checkpoint ({name})"
     assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard event file"
+
+
+def test_crash_while_writing_a_checkpoint_leaves_no_partial_checkpoint(dropout_model_dir, tmp_path, data_dir,
+                                                                       monkeypatch):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from nlp_contrastive.trainer import ContrastiveTrainer
+
+    original = ContrastiveTrainer._save_rng_state
+
+    def crash_on_second_checkpoint(self, output_dir):
+        if self.state.global_step == 6:
+            raise KeyboardInterrupt("killed while writing checkpoint-6")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(ContrastiveTrainer, "_save_rng_state", crash_on_second_checkpoint)
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        train(COSINE, tiny_overrides(dropout_model_dir, out, "--save_strategy", "steps", "--save_steps", "3",
+                                     "--max_steps", "6"))
+    assert (out / "checkpoint-3" / "trainer_state.json").exists()
+    assert not (out / "checkpoint-6").exists()
+    assert get_last_checkpoint(str(out)) == str(out / "checkpoint-3")
