@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ from torch import nn
 
 from nlp_contrastive import data as data_lib
 from nlp_contrastive.config import Recipe, recipe_as_dict
+from nlp_contrastive.files import write_atomic, write_json_atomic
 from nlp_contrastive.modeling import Encoder, _library_versions
 
 logger = logging.getLogger(__name__)
@@ -183,15 +181,6 @@ def print_resolved(recipe: Recipe, numbers: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- outputs
-def write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def run_info(recipe: Recipe, loss: nn.Module, train_ds: datasets.Dataset, train_output, started: float) -> dict:
     inner = base_loss(loss)
     sources = []
@@ -244,11 +233,8 @@ def plot_training_curves(log_history: list[dict], path: Path) -> Path | None:
             ax2.set_ylabel("eval score (primary metric)")
         ax.set_title("training curves")
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-        os.close(fd)
-        fig.savefig(tmp, dpi=100)
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
-        os.replace(tmp, path)
         return path
     except Exception as exc:
         logger.warning("could not plot training curves: %s", exc)

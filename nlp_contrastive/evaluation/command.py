@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE
-from nlp_contrastive.evaluation.files import write_json_atomic
 from nlp_contrastive.evaluation.plots import plot_filename, write_sts_scatter
 from nlp_contrastive.evaluation.sts import STSEvaluator
 from nlp_contrastive.evaluation.suite import Suite, TaskSpec, default_suite, format_table, load_suite
+from nlp_contrastive.files import write_json_atomic
 from nlp_contrastive.modeling import DEFAULT_MODEL
 
 

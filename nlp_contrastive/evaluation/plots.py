@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from nlp_contrastive.evaluation.files import write_atomic
+from nlp_contrastive.files import write_atomic
 
 
 def plot_filename(task: str) -> str:

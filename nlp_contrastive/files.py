@@ -1,4 +1,5 @@
-"""Atomic file writes for CLI outputs: write a sibling temp file, then os.replace — never half a file."""
+"""Atomic file writes for everything we hand to users (results, run info, cards, plots): write a sibling temp
+file, then os.replace — never half a file."""
 
 from __future__ import annotations
 
@@ -30,3 +31,7 @@ def write_json_atomic(path: str | os.PathLike, data) -> Path:
             f.write("\n")
 
     return write_atomic(path, write)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
