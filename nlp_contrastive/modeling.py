@@ -191,7 +191,7 @@ class Encoder(nn.Module):
         _write_json(folder / "1_Pooling" / "config.json", pooling_config)
         _write_json(folder / "config_sentence_transformers.json",
                     {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None,
-                     "__version__": _library_versions()})
+                     "__version__": library_versions()})
 
     # ------------------------------------------------------------------------------------------ forward
     @property
@@ -336,7 +336,7 @@ def _write_json(path: Path, data) -> None:
         f.write("\n")
 
 
-def _library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     import transformers
 
     from nlp_contrastive import __version__

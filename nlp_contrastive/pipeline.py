@@ -16,7 +16,7 @@ from torch import nn
 from nlp_contrastive import data as data_lib
 from nlp_contrastive.config import Recipe, recipe_as_dict
 from nlp_contrastive.files import write_atomic, write_json_atomic
-from nlp_contrastive.modeling import Encoder, _library_versions
+from nlp_contrastive.modeling import Encoder, library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +149,9 @@ def build_evaluator(tasks: list[dict], batch_size: int):
     return evaluate
 
 
-def derived_numbers(recipe: Recipe, train_rows: int) -> dict[str, Any]:
+def derived_numbers(recipe: Recipe, train_ds: datasets.Dataset) -> dict[str, Any]:
     args = recipe.training
+    train_rows = len(train_ds)
     world = args.world_size
     per_step = args.per_device_train_batch_size * world
     global_batch = per_step * args.gradient_accumulation_steps
@@ -161,15 +162,17 @@ def derived_numbers(recipe: Recipe, train_rows: int) -> dict[str, Any]:
                "optimizer_steps": steps}
     if recipe.loss.loss == "info_nce":
         in_batch = per_step if recipe.loss_gathers() else args.per_device_train_batch_size
-        hard = _hard_negatives_per_row(recipe)
-        numbers["negatives_per_query"] = f"{in_batch - 1} in-batch + {hard} hard x {in_batch} rows" if hard else in_batch - 1
+        hard = _hard_negatives_per_row(train_ds)
+        numbers["negatives_per_query"] = f"{in_batch - 1} in-batch + up to {hard} hard x {in_batch} rows" if hard \
+            else in_batch - 1
     return numbers
 
 
-def _hard_negatives_per_row(recipe: Recipe) -> int:
-    first = recipe.data.train_data[0] if recipe.data.train_data else {}
-    columns = first.get("columns", {}) if isinstance(first, dict) else {}
-    return 1 if "negative" in columns else 0
+def _hard_negatives_per_row(train_ds: datasets.Dataset) -> int:
+    """From the data itself: 1 for a `negative` column, the longest list for `negatives`, else 0."""
+    if "negatives" in train_ds.column_names:
+        return max(len(texts) for texts in train_ds["negatives"])
+    return int("negative" in train_ds.column_names)
 
 
 def print_resolved(recipe: Recipe, numbers: dict[str, Any]) -> None:
@@ -201,7 +204,7 @@ def run_info(recipe: Recipe, loss: nn.Module, train_ds: datasets.Dataset, train_
         "train_runtime_seconds": metrics.get("train_runtime", time.time() - started),
         "train_samples_per_second": metrics.get("train_samples_per_second"),
         "final_train_loss": metrics.get("train_loss"),
-        "library_versions": _library_versions() | {"datasets": datasets.__version__},
+        "library_versions": library_versions() | {"datasets": datasets.__version__},
     }
 
 

@@ -38,7 +38,7 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     pipeline.check_loss_against_data(loss, train_ds, recipe)
     train_ds = pipeline.tokenize(recipe, train_ds, encoder)
     if args.should_log:
-        pipeline.print_resolved(recipe, pipeline.derived_numbers(recipe, len(train_ds)))
+        pipeline.print_resolved(recipe, pipeline.derived_numbers(recipe, train_ds))
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
     trainer = ContrastiveTrainer(
         encoder, args, loss, train_dataset=train_ds,
