@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlp_contrastive import cached as cached_module
-from nlp_contrastive.cached import CachedLoss, RandomStateSnapshot
 from nlp_contrastive.losses import InfoNCELoss
+from nlp_contrastive.losses import cached as cached_module
+from nlp_contrastive.losses.cached import CachedLoss, RandomStateSnapshot
 from tests.conftest import make_tiny_encoder
 
 torch.set_num_threads(1)  # 2 shared cores: keep each test's footprint small

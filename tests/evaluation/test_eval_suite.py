@@ -63,7 +63,7 @@ def test_suite_file_paths_are_relative_to_the_file(tmp_path, jsonl):
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"tasks": {"T": {"type": "sts", "dataset": "x.jsonl", "colums": {}}}}, r"unknown key\(s\) \['colums'\]: valid keys"),
+    ({"tasks": {"T": {"type": "sts", "dataset": "x.jsonl", "colums": {}}}}, r"unknown key\(s\) \['colums'\] \(did you mean columns\?\): valid keys"),
     ({"tasks": {"T": {"type": "nli", "dataset": "x.jsonl"}}}, "type 'nli' is not one of sts"),
     ({"tasks": {"T": {"type": "sts"}}}, "set dataset:"),
     ({"tasks": {"T": {"type": "sts", "data": "x"}}}, r"unknown key\(s\) \['data'\]"),
