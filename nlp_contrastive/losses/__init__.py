@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from nlp_contrastive.losses._common import LossModule
 from nlp_contrastive.losses.angle import AnglELoss, angle, angle_similarity
-from nlp_contrastive.losses.distillation import MarginMSELoss, MSEDistillationLoss, margin_mse, mse_distillation
+from nlp_contrastive.losses.distillation import (
+    MarginMSELoss,
+    MSEDistillationLoss,
+    margin_mse,
+    mse_distillation,
+)
 from nlp_contrastive.losses.info_nce import InfoNCELoss, info_nce
 from nlp_contrastive.losses.log_loss import LogLoss, log_loss
 from nlp_contrastive.losses.matryoshka import MatryoshkaLoss, matryoshka
