@@ -100,35 +100,14 @@ def tokenize(recipe: Recipe, ds: datasets.Dataset, encoder: Encoder) -> datasets
 
 def build_batch_sampler_factory(recipe: Recipe):
     """None for the Trainer's own random sampler; otherwise a rank-aware batch sampler factory."""
+    from nlp_contrastive import sampling
+
     kind = recipe.data.batch_sampler
+    if kind not in sampling.BATCH_SAMPLERS:
+        raise ValueError(f"unknown batch_sampler '{kind}': choose {', '.join(sampling.BATCH_SAMPLERS)}")
     if kind == "random":
         return None
-    if kind not in ("no_duplicates", "group_by_length"):
-        raise ValueError(f"unknown batch_sampler '{kind}': choose random, no_duplicates or group_by_length")
-
-    def factory(dataset: datasets.Dataset, batch_size: int, args):
-        from nlp_contrastive import sampling
-
-        common = {"seed": args.data_seed if args.data_seed is not None else args.seed,
-                  "drop_last": args.dataloader_drop_last, "num_replicas": args.world_size, "rank": args.process_index}
-        if kind == "no_duplicates":
-            text_columns = [c for c in data_lib.TEXT_ROLES if c in dataset.column_names]
-            rows = _texts_per_row(dataset, text_columns)
-            return sampling.NoDuplicatesBatchSampler(rows, batch_size, **common)
-        lengths = [sum(len(ids) for ids in row) for row in
-                   zip(*(dataset[c] for c in dataset.column_names if c.endswith("_input_ids") and c != "negatives_input_ids"),
-                       strict=True)]
-        return sampling.LengthGroupedBatchSampler(lengths, batch_size, **common)
-
-    return factory
-
-
-def _texts_per_row(dataset: datasets.Dataset, columns: list[str]) -> list[list[str]]:
-    rows: list[list[str]] = [[] for _ in range(len(dataset))]
-    for column in columns:
-        for i, value in enumerate(dataset[column]):
-            rows[i].extend(value if isinstance(value, list) else [value])
-    return rows
+    return lambda dataset, batch_size, args: sampling.build_batch_sampler(kind, dataset, batch_size, args)
 
 
 def build_evaluator(tasks: list[dict], batch_size: int):
@@ -155,9 +134,12 @@ def derived_numbers(recipe: Recipe, train_ds: datasets.Dataset) -> dict[str, Any
     world = args.world_size
     per_step = args.per_device_train_batch_size * world
     global_batch = per_step * args.gradient_accumulation_steps
-    batches_per_epoch = train_rows // per_step if args.dataloader_drop_last else math.ceil(train_rows / per_step)
-    steps = args.max_steps if args.max_steps > 0 else math.ceil(
-        batches_per_epoch / args.gradient_accumulation_steps * args.num_train_epochs)
+    from nlp_contrastive import sampling
+
+    batches_per_epoch = sampling.batches_per_epoch(recipe.data.batch_sampler, train_ds,
+                                                   args.per_device_train_batch_size, args)
+    updates_per_epoch = max(math.ceil(batches_per_epoch / args.gradient_accumulation_steps), 1)  # as the Trainer
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(updates_per_epoch * args.num_train_epochs)
     numbers = {"processes": world, "train_rows": train_rows, "global_batch_size": global_batch,
                "optimizer_steps": steps}
     if recipe.loss.loss == "info_nce":
