@@ -3,7 +3,8 @@
 The real train entry point with two test hooks: `--record` writes, per rank, which dataset rows each optimizer
 step's collated batch held (DIR/rank{R}.jsonl: {"step": global_step, "rows": [...]}, read in compute_loss, so
 through accelerate's data loader, sharding and skip-on-resume); `--kill-after-step N` raises once step N + 1 has
-run (checkpoint-N, if saved, is complete), like a killed job.
+run (checkpoint-N, if saved, is complete), like a killed job; `--slow-save-rank R` makes rank R write its
+checkpoint RNG state 1.5 s late (a slow file system), which exposes a rank 0 that renames the folder too early.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -52,11 +54,25 @@ def record_rows(directory: Path) -> None:
     ContrastiveTrainer.compute_loss = recording_compute_loss
 
 
+def slow_rng_save(rank: int) -> None:
+    save = ContrastiveTrainer._save_rng_state
+
+    def late_save(self, output_dir):
+        if self.args.process_index == rank:
+            time.sleep(1.5)
+        return save(self, output_dir)
+
+    ContrastiveTrainer._save_rng_state = late_save
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--record", type=Path)
     parser.add_argument("--kill-after-step", type=int)
+    parser.add_argument("--slow-save-rank", type=int)
     hooks, rest = parser.parse_known_args()
+    if hooks.slow_save_rank is not None:
+        slow_rng_save(hooks.slow_save_rank)
     if hooks.record:
         record_rows(hooks.record)
     callbacks = [KillAfter(hooks.kill_after_step)] if hooks.kill_after_step is not None else []

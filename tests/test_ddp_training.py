@@ -64,13 +64,14 @@ def recorded(directory: Path) -> list[dict[int, list[int]]]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
-    """An uninterrupted 2-process run (2 epochs, dropout on) and the same run killed after step 4 (epoch 1)."""
+    """An uninterrupted 2-process run (2 epochs, dropout on) and the same run killed after step 4 (epoch 1), in
+    which rank 1 writes its checkpoint RNG state late (rank 0 must wait for it before renaming the folder)."""
     root = tmp_path_factory.mktemp("ddp")
     model = root / "tiny-dropout"
     make_tiny_encoder(dropout=0.1).save_pretrained(model)
     run(launch_command("--record", str(root / "rows-straight"), INFONCE, *overrides(model, root / "straight")))
-    proc = run(launch_command("--record", str(root / "rows-killed"), "--kill-after-step", "4", INFONCE,
-                              *overrides(model, root / "killed")), expect=1)
+    proc = run(launch_command("--record", str(root / "rows-killed"), "--kill-after-step", "4", "--slow-save-rank", "1",
+                              INFONCE, *overrides(model, root / "killed")), expect=1)
     assert "simulated kill after step 4" in proc.stderr
     return root
 
