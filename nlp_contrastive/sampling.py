@@ -142,7 +142,9 @@ class NoDuplicatesBatchSampler(_EpochBatchSampler):
     row whose text is already in it waits in a queue that is tried first for the next batches (at most
     4 x global batch queued rows are examined per batch, so one very frequent text cannot make this quadratic).
     An epoch is `rows // global_batch` full batches plus, unless `drop_last`, one short batch of up to
-    `rows % global_batch` rows (kept if it has at least `num_replicas + 1` rows).
+    `rows % global_batch` rows if that remainder is at least `num_replicas + 1` rows (when conflicts leave fewer
+    distinct rows, it is padded to that size with rows already seen this epoch), so every epoch has the same
+    length and the step count printed at start is the one the Trainer runs.
 
     Rows that find no place without a repeated text (a text in more rows than the epoch has batches, or the
     remainder under `drop_last`) are CARRIED OVER: they open the next epoch's order, so across epochs nothing
@@ -188,18 +190,28 @@ class NoDuplicatesBatchSampler(_EpochBatchSampler):
         batches, leftover = _fill_full_batches(order, keys, size, wanted)
         full = len(batches)
         remainder = self.num_rows - wanted * size
+        repeated = 0
         if not self.drop_last and remainder >= self.min_short_batch:
             short, leftover = _take_distinct(leftover, keys, remainder)
+            if len(short) < self.min_short_batch:  # pad with rows seen this epoch: every epoch keeps its length
+                placed = [row for batch in batches for row in batch]
+                used = {key for row in short for key in keys[row]}
+                padding, _ = _take_distinct(placed, keys, self.min_short_batch - len(short), used)
+                short, repeated = short + padding, len(padding)
             if len(short) >= self.min_short_batch:
                 batches.append(short)
             else:
-                leftover = short + leftover
+                warnings.warn(f"NoDuplicatesBatchSampler: epoch {epoch} has no short last batch (too many rows "
+                              "share texts), so it is one batch shorter than the step count assumes", stacklevel=2)
+                leftover = short[:len(short) - repeated] + leftover
         carried_out, dropped = leftover[:size], len(leftover) - min(len(leftover), size)
         self.epoch_stats[epoch] = {"full_batches": full, "short_batch_rows": len(batches[-1]) if len(batches) > full else 0,
-                                   "carried_in": len(carried_in), "carried_out": len(carried_out), "dropped": dropped}
+                                   "short_batch_repeats": repeated, "carried_in": len(carried_in),
+                                   "carried_out": len(carried_out), "dropped": dropped}
         if full < wanted:
             warnings.warn(f"NoDuplicatesBatchSampler: epoch {epoch} has only {full} of {wanted} full batches "
-                          "(too many rows share texts), so it is shorter than the step count assumes", stacklevel=2)
+                          "(too many rows share a text): epochs may differ in length from epoch 0, on which the "
+                          "Trainer's step count is based", stacklevel=2)
         if self.rank == 0:
             logger.info("no_duplicates epoch %d: %s", epoch, self.epoch_stats[epoch])
         return batches, carried_out
@@ -236,11 +248,12 @@ def _fill_full_batches(order: list[int], keys: list[tuple[int, ...]], size: int,
     return batches, list(waiting) + list(fresh)
 
 
-def _take_distinct(rows: list[int], keys: list[tuple[int, ...]], limit: int) -> tuple[list[int], list[int]]:
-    """The first up-to-`limit` rows of `rows` (in order) that share no key; returns them and the rest."""
+def _take_distinct(rows: list[int], keys: list[tuple[int, ...]], limit: int, used: set[int] | None = None
+                   ) -> tuple[list[int], list[int]]:
+    """The first up-to-`limit` rows of `rows` (in order) that share no key (nor one in `used`); them and the rest."""
     taken: list[int] = []
     rest: list[int] = []
-    used: set[int] = set()
+    used = set() if used is None else set(used)
     for row in rows:
         if len(taken) < limit and used.isdisjoint(keys[row]):
             taken.append(row)

@@ -58,6 +58,10 @@ def test_no_duplicates_global_batches(num_replicas, drop_last):
     carried = NoDuplicatesBatchSampler(data, 8, drop_last=drop_last, seed=1, num_replicas=num_replicas).carried_over(0)
     assert set().union(*rank_rows) | set(carried) == set(range(len(data)))  # each row placed or carried over
     assert not set().union(*rank_rows) & set(carried)
+    for epoch in range(1, 4):  # the same length every epoch: the Trainer's step count is len(epoch 0) x epochs
+        assert [len(batches) for batches in all_ranks(lambda rank: NoDuplicatesBatchSampler(  # noqa: B023
+            data, 8, drop_last=drop_last, seed=1, num_replicas=num_replicas, rank=rank), num_replicas, epoch)] \
+            == [steps] * num_replicas
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +146,16 @@ def test_no_duplicates_lists_of_negatives_and_frequent_text():
     batches = list(sampler)
     for batch in batches:
         assert sum(i % 4 == 0 for i in batch) <= 1  # "q common" / "shared negative" at most once per batch
-    # 10 rows share "q common" but 40 rows make 6 full batches: the 4 left over would be 4 one-row batches (the
-    # old behaviour); they open the next epoch instead
-    assert [len(b) for b in batches] == [6] * 6
-    assert sorted(sampler.carried_over(0)) == [i for i in range(40) if i % 4 == 0 and not any(i in b for b in batches)]
-    assert len(sampler.carried_over(0)) == 4
+    # 10 rows share "q common" but 40 rows make 6 full batches + 1 short: the old sampler made 4 one-row batches of
+    # the 4 left over; now one goes into the short batch (padded to 2 rows with a row seen this epoch) and 3 open
+    # the next epoch
+    assert [len(b) for b in batches] == [6] * 6 + [2] and sampler.epoch_stats[0]["short_batch_repeats"] == 1
+    carried = sampler.carried_over(0)
+    assert len(carried) == 3 and all(i % 4 == 0 and not any(i in b for b in batches) for i in carried)
+    assert {i for batch in batches for i in batch} | set(carried) == set(range(40))
     sampler.set_epoch(1)
-    assert set(sampler.carried_over(0)) <= {i for b in sampler for i in b}  # seen in epoch 1
-    assert sorted([i for batch in batches for i in batch] + sampler.carried_over(0)) == list(range(40))
+    assert [len(b) for b in sampler] == [6] * 6 + [2]  # same length every epoch
+    assert set(carried) <= {i for b in sampler for i in b}  # seen in epoch 1
 
 
 def test_no_duplicates_is_not_quadratic():
@@ -210,3 +216,19 @@ def test_length_grouped(num_replicas, drop_last):
     assert means != sorted(means, reverse=True)  # batch order is shuffled, not longest first
     assert all_ranks(make, num_replicas, epoch=1)[0] != per_rank[0]
     assert all_ranks(make, num_replicas)[0] == per_rank[0]
+
+
+@pytest.mark.parametrize("num_replicas", [2, 4])
+def test_rank_parts_of_a_global_batch_are_the_one_process_batch(num_replicas):
+    """What makes N processes with gathered negatives equal one process on the global batch (README claim; the
+    trainer-level proof is tests/test_ddp_training.py): rank parts of each full global batch, concatenated,
+    are exactly the batch one process with batch_size x N builds, epoch after epoch (carry included)."""
+    data = pairs_with_repeats()
+    one = NoDuplicatesBatchSampler(data, 8 * num_replicas, seed=2)
+    for epoch in range(3):
+        one.set_epoch(epoch)
+        per_rank = all_ranks(lambda rank: NoDuplicatesBatchSampler(data, 8, seed=2, num_replicas=num_replicas,  # noqa: B023
+                                                                   rank=rank), num_replicas, epoch)
+        full = [b for b in one if len(b) == 8 * num_replicas]
+        assert len(full) == 403 // (8 * num_replicas)
+        assert [sum((ranks[step] for ranks in per_rank), []) for step in range(len(full))] == full
