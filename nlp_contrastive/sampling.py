@@ -202,7 +202,8 @@ class NoDuplicatesBatchSampler(_EpochBatchSampler):
                 batches.append(short)
             else:
                 warnings.warn(f"NoDuplicatesBatchSampler: epoch {epoch} has no short last batch (too many rows "
-                              "share texts), so it is one batch shorter than the step count assumes", stacklevel=2)
+                              "share a text): epochs may differ in length from epoch 0, on which the Trainer's step count is based",
+                              stacklevel=2)
                 leftover = short[:len(short) - repeated] + leftover
         carried_out, dropped = leftover[:size], len(leftover) - min(len(leftover), size)
         self.epoch_stats[epoch] = {"full_batches": full, "short_batch_rows": len(batches[-1]) if len(batches) > full else 0,

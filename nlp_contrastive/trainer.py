@@ -158,13 +158,19 @@ class ContrastiveTrainer(Trainer):
         sampler = self.batch_sampler_factory(self.train_dataset, self._train_batch_size, self.args)
         loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
-        prepared = self.accelerator.prepare(loader)
+        # Our samplers give every rank the same number of batches; accelerate < 1.2 refuses a batch sampler
+        # without batch_size (see nlp_contrastive.sampling) unless even_batches is off.
+        even_batches, self.accelerator.even_batches = self.accelerator.even_batches, False
+        try:
+            prepared = self.accelerator.prepare(loader)
+        finally:
+            self.accelerator.even_batches = even_batches
         # Our batch samplers are already rank-aware: make accelerate's shard wrapper a pass-through.
         shard = getattr(prepared, "batch_sampler", None)
         if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
             shard.num_processes, shard.process_index = 1, 0
-        # set_epoch does not reach a sampler inside BatchSamplerShard (accelerate < 1.2), nor inside the loader
-        # skip_first_batches rebuilds when resuming mid-epoch: the sampler reads the Trainer's epoch instead.
+        # set_epoch does not reach a sampler inside BatchSamplerShard (accelerate < 1.2, transformers < 5), nor
+        # inside the loader skip_first_batches rebuilds when resuming mid-epoch: the sampler reads the Trainer's epoch.
         sampler.epoch_source = lambda: int(self.state.epoch or 0)  # epoch e + k/steps_in_epoch -> e
         return prepared
 

@@ -46,9 +46,14 @@ def launch_command(*args: str, machines: int = 1, machine_rank: int = 0, port: i
             "-m", "tests.ddp_train", *args]
 
 
+def subprocess_env() -> dict[str, str]:
+    """This checkout first on the path (the venv may hold another editable install), one thread per process."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
 def run(cmd: list[str], expect: int = 0) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT, env=subprocess_env())
     assert proc.returncode == expect, proc.stderr[-3000:]
     return proc
 
@@ -122,7 +127,7 @@ def test_two_machines_of_one_process_equal_one_process_on_the_full_batch(tmp_pat
     machines = [subprocess.Popen(launch_command(INFONCE, *overrides(model, tmp_path / "nodes", 8, *gather),
                                                 machines=2, machine_rank=rank, port=port),
                                  cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})
+                                 env=subprocess_env())
                 for rank in range(2)]
     try:
         assert train(INFONCE, overrides(model, tmp_path / "single", 16, *gather)) == 0
