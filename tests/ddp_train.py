@@ -19,8 +19,13 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from nlp_contrastive import pipeline, train
-from nlp_contrastive.trainer import ContrastiveTrainer, RoleCollator
+from nlp_contrastive import data, train
+from nlp_contrastive.trainer import ContrastiveTrainer
+
+try:
+    from nlp_contrastive.batch import RoleCollator
+except ImportError:  # before the collator moved out of trainer.py
+    from nlp_contrastive.trainer import RoleCollator
 
 
 class KillAfter(TrainerCallback):
@@ -35,10 +40,10 @@ class KillAfter(TrainerCallback):
 def record_rows(directory: Path) -> None:
     """Tag each row with its index, carry it through the collator, and log it where the loss sees the batch."""
     directory.mkdir(parents=True, exist_ok=True)
-    tokenize, collate, compute_loss = pipeline.tokenize, RoleCollator.__call__, ContrastiveTrainer.compute_loss
+    tokenize, collate, compute_loss = data.tokenize_roles, RoleCollator.__call__, ContrastiveTrainer.compute_loss
 
-    def tokenize_with_ids(recipe, ds, encoder):
-        return tokenize(recipe, ds, encoder).add_column("row_id", list(range(len(ds))))
+    def tokenize_with_ids(ds, *args, **kwargs):
+        return tokenize(ds, *args, **kwargs).add_column("row_id", list(range(len(ds))))
 
     def collate_with_ids(self, rows):
         return collate(self, rows) | {"row_id": torch.tensor([row["row_id"] for row in rows])}
@@ -49,7 +54,7 @@ def record_rows(directory: Path) -> None:
             f.write(json.dumps({"step": self.state.global_step, "rows": inputs["row_id"].tolist()}) + "\n")
         return compute_loss(self, model, inputs, *args, **kwargs)
 
-    pipeline.tokenize = tokenize_with_ids
+    data.tokenize_roles = tokenize_with_ids
     RoleCollator.__call__ = collate_with_ids
     ContrastiveTrainer.compute_loss = recording_compute_loss
 
