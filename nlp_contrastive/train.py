@@ -9,11 +9,10 @@ from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
 
-from nlp_contrastive import config, data
+from nlp_contrastive import config, data, sampling
 from nlp_contrastive.losses.build import build_loss
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.run_record import CURVES_FILE, build_run_record, plot_training_curves, write_results
-from nlp_contrastive.sampling import batch_sampler_factory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,12 +44,14 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     train_ds = data.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
                                    num_proc=recipe.data.tokenize_num_proc)
     if args.should_log:
-        config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), data.hard_negatives_per_row(train_ds)))
+        batches = sampling.batches_per_epoch(recipe.data.batch_sampler, train_ds, args.per_device_train_batch_size, args)
+        config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
+                                                             data.hard_negatives_per_row(train_ds)))
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
     trainer = ContrastiveTrainer(
         encoder, args, loss, train_dataset=train_ds,
         evaluator=training_evaluator(recipe.eval.eval_tasks, recipe.eval.eval_batch_size),
-        batch_sampler_factory=batch_sampler_factory(recipe.data.batch_sampler),
+        batch_sampler_factory=sampling.batch_sampler_factory(recipe.data.batch_sampler),
         single_forward=recipe.loss.single_forward, callbacks=callbacks,
     )
     train_output = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(args))

@@ -56,11 +56,20 @@ class ContrastiveTrainer(Trainer):
         sampler = self.batch_sampler_factory(self.train_dataset, self._train_batch_size, self.args)
         loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
-        prepared = self.accelerator.prepare(loader)
+        # Our samplers give every rank the same number of batches; accelerate < 1.2 refuses a batch sampler
+        # without batch_size (see nlp_contrastive.sampling) unless even_batches is off.
+        even_batches, self.accelerator.even_batches = self.accelerator.even_batches, False
+        try:
+            prepared = self.accelerator.prepare(loader)
+        finally:
+            self.accelerator.even_batches = even_batches
         # Our batch samplers are already rank-aware: make accelerate's shard wrapper a pass-through.
         shard = getattr(prepared, "batch_sampler", None)
         if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
             shard.num_processes, shard.process_index = 1, 0
+        # set_epoch does not reach a sampler inside BatchSamplerShard (accelerate < 1.2, transformers < 5), nor
+        # inside the loader skip_first_batches rebuilds when resuming mid-epoch: the sampler reads the Trainer's epoch.
+        sampler.epoch_source = lambda: int(self.state.epoch or 0)  # epoch e + k/steps_in_epoch -> e
         return prepared
 
     # --------------------------------------------------------------------------------------------- loss
@@ -94,23 +103,26 @@ class ContrastiveTrainer(Trainer):
         staging = os.path.join(run_dir, f".staging-{name}")
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()  # no rank writes its rng_state_{r}.pth before the old staging is gone
         self._checkpoint_staging_dir = staging
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self._checkpoint_staging_dir = None
-        if not self.args.should_save:
-            return
         final = os.path.join(run_dir, name)
         if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
-            self.state.best_model_checkpoint = final
-            self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(os.path.join(staging, name), final)
-        shutil.rmtree(staging, ignore_errors=True)
-        rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            self.state.best_model_checkpoint = final  # on every rank: all of them may load the best model
+        self.accelerator.wait_for_everyone()  # every rank's files are in staging before rank 0 renames it
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == final:
+                self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()  # checkpoint-N is in place for every rank (e.g. to load the best)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         encoder: Encoder = self.accelerator.unwrap_model(model or self.model, keep_torch_compile=False)
