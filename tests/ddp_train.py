@@ -20,12 +20,8 @@ import torch
 from transformers import TrainerCallback
 
 from nlp_contrastive import data, train
+from nlp_contrastive.batch import BatchCollator
 from nlp_contrastive.trainer import ContrastiveTrainer
-
-try:
-    from nlp_contrastive.batch import RoleCollator
-except ImportError:  # before the collator moved out of trainer.py
-    from nlp_contrastive.trainer import RoleCollator
 
 
 class KillAfter(TrainerCallback):
@@ -40,7 +36,7 @@ class KillAfter(TrainerCallback):
 def record_rows(directory: Path) -> None:
     """Tag each row with its index, carry it through the collator, and log it where the loss sees the batch."""
     directory.mkdir(parents=True, exist_ok=True)
-    tokenize, collate, compute_loss = data.tokenize_roles, RoleCollator.__call__, ContrastiveTrainer.compute_loss
+    tokenize, collate, compute_loss = data.tokenize_roles, BatchCollator.__call__, ContrastiveTrainer.compute_loss
 
     def tokenize_with_ids(ds, *args, **kwargs):
         return tokenize(ds, *args, **kwargs).add_column("row_id", list(range(len(ds))))
@@ -55,7 +51,7 @@ def record_rows(directory: Path) -> None:
         return compute_loss(self, model, inputs, *args, **kwargs)
 
     data.tokenize_roles = tokenize_with_ids
-    RoleCollator.__call__ = collate_with_ids
+    BatchCollator.__call__ = collate_with_ids
     ContrastiveTrainer.compute_loss = recording_compute_loss
 
 
