@@ -2,7 +2,8 @@
 
 Task keys mirror the recipes' `train_data` entries: `type` (sts | pair_classification | reranking |
 retrieval), `dataset` (named set, local file/folder, or hub id), `split`, `config_name`, `columns`
-({role: column}, by name), `score_range` (sts), `layout` (retrieval: pairs | beir), `batch_size`.
+({role: column}, by name), `score_range` (sts), `layout` (retrieval: pairs | beir), `ignore_identical_ids` (retrieval: drop a retrieved
+document whose id is the query's, MTEB's option), `batch_size`.
 A hub dataset is read from $NLPC_DATA_DIR/<task name lowercased>/ (or /<last part of the hub id>/) when that
 folder exists; otherwise, offline, building the task raises TaskUnavailable (the suite skips it).
 """
@@ -29,7 +30,8 @@ from nlp_contrastive.evaluation.retrieval_data import (
 from nlp_contrastive.evaluation.sts import STSEvaluator
 
 TASK_TYPES = ("sts", "pair_classification", "reranking", "retrieval")
-TASK_KEYS = ("type", "dataset", "split", "config_name", "columns", "score_range", "batch_size", "layout")
+TASK_KEYS = ("type", "dataset", "split", "config_name", "columns", "score_range", "batch_size", "layout",
+             "ignore_identical_ids")
 ROLES: dict[str, tuple[str, ...]] = {
     "sts": ("sentence1", "sentence2", "score"),
     "pair_classification": ("sentence1", "sentence2", "label"),
@@ -57,6 +59,7 @@ class TaskSpec:
     score_range: tuple[float, float] | None = None
     batch_size: int | None = None
     layout: str | None = None
+    ignore_identical_ids: bool = False
 
     @classmethod
     def from_dict(cls, name: str, raw: Mapping[str, Any], base_dir: Path | None = None) -> TaskSpec:
@@ -92,6 +95,10 @@ class TaskSpec:
         layout = raw.get("layout")
         if layout is not None and (kind != "retrieval" or layout not in LAYOUTS):
             raise ValueError(f"task '{name}': layout applies to type retrieval and is one of {', '.join(LAYOUTS)}")
+        ignore_identical = raw.get("ignore_identical_ids", False)
+        if not isinstance(ignore_identical, bool) or (ignore_identical and kind != "retrieval"):
+            raise ValueError(f"task '{name}': ignore_identical_ids must be true or false and applies to type "
+                             f"retrieval, got {ignore_identical!r}")
         batch_size = raw.get("batch_size")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"task '{name}': batch_size must be a positive integer, got {batch_size!r}")
@@ -99,7 +106,8 @@ class TaskSpec:
             data = str(base_dir / data)  # paths in a suite file are relative to that file
         return cls(name=name, type=kind, dataset=data, split=str(raw.get("split", "test")),
                    config_name=raw.get("config_name"),
-                   columns=dict(columns), score_range=score_range, batch_size=batch_size, layout=layout)
+                   columns=dict(columns), score_range=score_range, batch_size=batch_size, layout=layout,
+                   ignore_identical_ids=ignore_identical)
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -120,7 +128,8 @@ def build_evaluator(task_spec: Mapping[str, Any] | TaskSpec, *, name: str | None
     source, remote = _resolve_source(spec)
     if spec.type == "retrieval" and (spec.layout == "beir" or (spec.layout is None and is_beir_folder(source))):
         queries, corpus, qrels = _load_beir(spec, source, remote)
-        return RetrievalEvaluator(queries, corpus, qrels, name=spec.name, batch_size=size)
+        return RetrievalEvaluator(queries, corpus, qrels, name=spec.name, batch_size=size,
+                                  ignore_identical_ids=spec.ignore_identical_ids)
     rows = _load(spec, source, remote, spec.split, spec.config_name)
     columns = _columns(spec, rows)
     if spec.type == "sts":
@@ -138,7 +147,8 @@ def build_evaluator(task_spec: Mapping[str, Any] | TaskSpec, *, name: str | None
         return RerankingEvaluator(samples, name=spec.name, batch_size=size)
     queries, corpus, qrels = pairs_to_retrieval(columns["query"], columns["document"], columns.get("label"),
                                                 task=spec.name)
-    return RetrievalEvaluator(queries, corpus, qrels, name=spec.name, batch_size=size)
+    return RetrievalEvaluator(queries, corpus, qrels, name=spec.name, batch_size=size,
+                              ignore_identical_ids=spec.ignore_identical_ids)
 
 
 def _as_list(value) -> list:
