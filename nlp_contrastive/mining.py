@@ -368,6 +368,7 @@ def add_mine_arguments(parser) -> None:
         help="documents encoded and searched at a time (bounds memory)")
     add("--faiss", dest="use_faiss", choices=("auto", "true", "false"), default="auto",
         help="faiss for the block search (auto: when installed; the numpy search is exact too)")
+    add("--max-seq-length", type=int, help="truncate texts to this many tokens (default: the model's own)")
     add("--device", help="cpu, cuda, ... (default: cuda when available)")
 
 
@@ -387,6 +388,8 @@ def run_mine(args) -> int:
         from nlp_contrastive.evaluation.command import _load_encoder
 
         encoder = _load_encoder(args.model, args.device)
+        if args.max_seq_length:
+            encoder.max_seq_length = args.max_seq_length
         mined, stats = mine_hard_negatives(encoder, data, options)
         rows = mined_rows(mined, args.output_format)
         if not rows:
