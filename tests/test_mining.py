@@ -307,3 +307,16 @@ def test_mined_file_trains_through_the_scifact_recipe(tmp_path, capsys, tiny_mod
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "modules.json").is_file()
     assert run["train_rows"] == 11 and run["loss"]["name"] == "InfoNCELoss" and run["loss"]["cached"]
     assert math.isfinite(run["final_train_loss"])
+
+
+def test_pairs_file_groups_the_positives_of_a_query(tmp_path):
+    rows = [{"q": "claim a", "doc": "abs 1"}, {"q": "claim b", "doc": "abs 2"}, {"q": "claim a", "doc": "abs 3"},
+            {"q": "claim c", "doc": "abs 2"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_positives(path, "train", query_column="q", positive_column="doc")
+    assert sorted(data.corpus.values()) == ["abs 1", "abs 2", "abs 3"]  # distinct positives
+    by_text = {data.queries[q]: sorted(data.corpus[d] for d in docs) for q, docs in data.positives.items()}
+    assert by_text == {"claim a": ["abs 1", "abs 3"], "claim b": ["abs 2"], "claim c": ["abs 2"]}
+    with pytest.raises(ValueError, match=r"no column\(s\) \['query', 'positive'\] \(columns: q, doc\)"):
+        load_positives(path, "train")
