@@ -385,8 +385,6 @@ def run_mine(args) -> int:
             raise FileNotFoundError(f"--data '{args.data}' does not exist: give a BEIR folder or a pairs file")
         data = load_positives(args.data, args.split, query_column=args.query_column,
                               positive_column=args.positive_column)
-        from nlp_contrastive.evaluation.command import _load_encoder
-
         encoder = _load_encoder(args.model, args.device)
         if args.max_seq_length:
             encoder.max_seq_length = args.max_seq_length
@@ -401,3 +399,12 @@ def run_mine(args) -> int:
     print(stats.summary(options.num_negatives), file=sys.stderr)
     print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)
     return 0
+
+
+def _load_encoder(model: str, device: str | None):
+    import torch
+
+    from nlp_contrastive.modeling import Encoder
+
+    encoder = Encoder.from_pretrained(model)
+    return encoder.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
