@@ -42,13 +42,13 @@ lint: install
 bench: bench-encode bench-eval bench-train bench-memory
 
 bench-encode: install
-	$(BIN)/python eval/bench_encode.py
+	$(BIN)/python benchmarks/bench_encode.py
 
 bench-eval: install
-	$(BIN)/python eval/bench_eval.py
+	$(BIN)/python benchmarks/bench_eval.py
 
 bench-train: install
-	$(BIN)/python eval/bench_train.py
+	$(BIN)/python benchmarks/bench_train.py
 
 bench-memory: install
 	$(BIN)/python benchmarks/bench_memory.py

@@ -1,9 +1,14 @@
-"""`nlp-contrastive train|eval|mine|push`: thin dispatch; each subcommand's logic lives in its module."""
+"""`nlp-contrastive train|eval|mine|push`: argument parsing and dispatch; the work lives in the library modules."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE
+from nlp_contrastive.mining import add_mine_arguments, run_mine
+from nlp_contrastive.modeling import DEFAULT_MODEL
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -11,22 +16,123 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nlp-contrastive", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train from a YAML recipe (extra --key value pairs override it)", add_help=False)
-    eval_parser = sub.add_parser("eval", help="evaluate a model on STS / retrieval / reranking suites")
-    mine_parser = sub.add_parser("mine", help="mine hard negatives for (query, positive) data over a corpus")
-    push_parser = sub.add_parser("push", help="push a trained output folder to the Hugging Face hub")
+    add_eval_arguments(sub.add_parser("eval", help="evaluate a model on STS / retrieval / reranking suites"))
+    add_push_arguments(sub.add_parser("push", help="push a trained output folder to the Hugging Face hub"))
+    add_mine_arguments(sub.add_parser("mine", help="mine hard negatives for (query, positive) data over a corpus"))
     if argv[:1] == ["train"]:  # train parses its own flags (recipe keys are open-ended)
         from nlp_contrastive.train import main as train_main
 
         return train_main(argv[1:])
-    from nlp_contrastive.evaluation.command import add_eval_arguments, run_eval
-    from nlp_contrastive.hub import add_push_arguments, run_push
-    from nlp_contrastive.mining import add_mine_arguments, run_mine
-
-    add_eval_arguments(eval_parser)
-    add_mine_arguments(mine_parser)
-    add_push_arguments(push_parser)
     args = parser.parse_args(argv)
     return {"eval": run_eval, "mine": run_mine, "push": run_push}[args.command](args) or 0
+
+
+# ------------------------------------------------------------------------------------------------ eval
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"model folder or hub id (default: {DEFAULT_MODEL}, the bundled copy offline)")
+    parser.add_argument("--suite", help="suite YAML (default: eval/sts.yaml; STS-B + SICK-R test when absent)")
+    parser.add_argument("--sts", nargs="+", action="extend", default=[], metavar="FILE",
+                        help="local STS files with sentence1, sentence2, score columns; task name = file stem")
+    parser.add_argument("--tasks", nargs="+", metavar="NAME",
+                        help="run only these tasks; their data must be available (no silent skip)")
+    parser.add_argument("--output", metavar="FILE.json", help="write {task: {metric: value}} here")
+    parser.add_argument("--plot", metavar="DIR", help="write a cosine-vs-gold scatter PNG per STS task into DIR")
+    parser.add_argument("--batch-size", type=int,
+                        help=f"encoding batch size (default: the suite's batch_size, else {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from nlp_contrastive.evaluation.suite import format_table
+    from nlp_contrastive.files import write_json_atomic
+
+    try:
+        if args.batch_size is not None and args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        suite = suite_from_args(args)
+        evaluators = suite.evaluators()  # load and check all data before spending time on the model
+        encoder = _load_encoder(args.model, args.device)
+        print(f"evaluating {args.model} on {len(evaluators)} task(s): {', '.join(e.name for e in evaluators)}",
+              file=sys.stderr)
+        results = suite(encoder, on_predictions=_plotter(args.plot) if args.plot else None)
+        if args.output:
+            write_json_atomic(args.output, results)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"nlp-contrastive eval: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    if args.output:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def suite_from_args(args: argparse.Namespace):
+    """--suite and/or --sts files; the default suite when neither is given; --tasks selects."""
+    from nlp_contrastive.evaluation.suite import Suite, TaskSpec, default_suite, load_suite
+
+    base = None
+    if args.suite:
+        base = load_suite(args.suite, batch_size=args.batch_size)
+    elif not args.sts:
+        base = default_suite(batch_size=args.batch_size)
+    tasks: list[TaskSpec] = list(base.tasks) if base else []
+    for file in args.sts:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--sts file '{file}' does not exist: give a JSONL/CSV/TSV/parquet file with "
+                                    "sentence1, sentence2 and score columns")
+        tasks.append(TaskSpec(name=path.stem, type="sts", dataset=str(path), split="test"))
+    suite = Suite(tasks, batch_size=args.batch_size or (base.batch_size if base else DEFAULT_BATCH_SIZE))
+    return suite.select(args.tasks) if args.tasks else suite
+
+
+def _load_encoder(model: str, device: str | None):
+    import torch
+
+    from nlp_contrastive.modeling import Encoder
+
+    encoder = Encoder.from_pretrained(model)
+    return encoder.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+
+
+def _plotter(folder: str):
+    from nlp_contrastive.evaluation.plots import plot_filename, write_sts_scatter
+    from nlp_contrastive.evaluation.sts import STSEvaluator
+
+    def plot(evaluator, predictions, metrics) -> None:
+        if isinstance(evaluator, STSEvaluator) and "cosine" in predictions:
+            title = f"{evaluator.name}: Spearman (cosine) = {100 * metrics['spearman_cosine']:.2f}"
+            write_sts_scatter(Path(folder) / plot_filename(evaluator.name), evaluator.scores, predictions["cosine"],
+                              title=title, score_range=evaluator.score_range)
+    return plot
+
+
+# ------------------------------------------------------------------------------------------------ push
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    """`nlp-contrastive push OUTPUT_DIR --repo-id user/name ...` (no --token flag: it would land in shell history)."""
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="output folder of a training run")
+    parser.add_argument("--repo-id", required=True, help="hub repo to push to, e.g. your-name/my-model")
+    parser.add_argument("--private", action="store_true", help="create the repo private (ignored if it exists)")
+    parser.add_argument("--revision", default=None, help="branch to push to (created if missing); default main")
+    parser.add_argument("--commit-message", default=None, help="commit message")
+    parser.add_argument("--include-logs", action="store_true", help="also upload tensorboard logs (runs/)")
+    parser.add_argument("--dry-run", action="store_true", help="print the file list and model card, upload nothing")
+
+
+def run_push(args: argparse.Namespace) -> int:
+    """Exit code 1 with a one-line error (no traceback) when the push cannot happen."""
+    from nlp_contrastive.hub import HubPushError, push_to_hub
+
+    try:
+        result = push_to_hub(args.output_dir, args.repo_id, private=args.private, revision=args.revision,
+                             commit_message=args.commit_message, dry_run=args.dry_run,
+                             include_logs=args.include_logs)
+    except HubPushError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(result if args.dry_run else f"Pushed {args.output_dir} to {result}")
+    return 0
 
 
 if __name__ == "__main__":

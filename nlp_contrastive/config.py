@@ -7,20 +7,31 @@ values of the wrong type fail before anything is loaded, with the list of valid 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import transformers
 import yaml
 from transformers import HfArgumentParser
 
 from nlp_contrastive.modeling import DEFAULT_MODEL
-from nlp_contrastive.trainer import ContrastiveTrainingArguments as TrainingArguments
+from nlp_contrastive.sources import check_known_keys
 
 SECTIONS = ("model", "data", "loss", "eval", "training")
+
+
+@dataclass
+class ContrastiveTrainingArguments(transformers.TrainingArguments):
+    """TrainingArguments plus the one guard transformers 5 dropped: refuse to train into a used output dir."""
+
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "allow a non-empty output_dir"})
+
+
+TrainingArguments = ContrastiveTrainingArguments
 
 
 @dataclass
@@ -125,7 +136,38 @@ def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
         model, data, loss, evaluation, training = parser.parse_dict(values)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"invalid recipe value: {str(exc).splitlines()[0]}") from None
-    return Recipe(model, data, loss, evaluation, training, source=path)
+    recipe = Recipe(model, data, loss, evaluation, training, source=path)
+    check_recipe(recipe)
+    return recipe
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Every check that needs no model and no data: sources, sampler, loss and its kwargs against the roles the
+    sources map, evaluation settings."""
+    from nlp_contrastive.data import train_source
+    from nlp_contrastive.losses.build import build_loss, check_loss_roles
+    from nlp_contrastive.sampling import check_batch_sampler
+
+    sources = [train_source(spec, i) for i, spec in enumerate(recipe.data.train_data)]
+    check_batch_sampler(recipe.data.batch_sampler)
+    loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs)
+    args = recipe.training
+    if sources:
+        batch = args.per_device_train_batch_size * (args.world_size if recipe.loss_gathers() else 1)
+        check_loss_roles(loss, recipe.loss.loss, sources[0].columns, batch_size=batch)
+    eval_strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
+    if eval_strategy != "no" and not recipe.eval.eval_tasks:
+        raise ValueError(f"eval_strategy is '{eval_strategy}' but eval_tasks is empty: add "
+                         "eval_tasks (e.g. [{name: stsb-validation, type: sts, dataset: stsb, split: validation}]) "
+                         "or set eval_strategy: 'no' (and load_best_model_at_end: false)")
+
+
+def check_output_dir(args: TrainingArguments) -> None:
+    """Refuse to mix a new run into a used folder unless asked (resuming from it is fine)."""
+    out = Path(args.output_dir)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        raise ValueError(f"output_dir '{out}' exists and is not empty: set overwrite_output_dir: true, "
+                         "choose another output_dir, or resume with --resume_from_checkpoint true")
 
 
 def _bf16_on_cpu_only_machines(values: dict[str, Any]) -> None:
@@ -184,11 +226,8 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
 
 def check_keys_and_types(values: dict[str, Any]) -> None:
     keys = valid_keys()
+    check_known_keys(values, keys, "recipe")
     for key, value in values.items():
-        if key not in keys:
-            close = difflib.get_close_matches(key, keys, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"unknown recipe key '{key}'{hint}; valid keys: {', '.join(sorted(keys))}")
         expected = _field_type(keys[key], key)
         value = values[key] = _coerce_number(value, expected)
         if expected is not None and not _matches(value, expected):
@@ -274,3 +313,30 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return str(value)
+
+
+# ------------------------------------------------------------------------------------ printed at start
+def derived_numbers(recipe: Recipe, train_rows: int, hard_negatives_per_row: int) -> dict[str, Any]:
+    """What the recipe implies: processes, global batch, optimizer steps, negatives per query (InfoNCE)."""
+    args = recipe.training
+    world = args.world_size
+    per_step = args.per_device_train_batch_size * world
+    global_batch = per_step * args.gradient_accumulation_steps
+    batches_per_epoch = train_rows // per_step if args.dataloader_drop_last else math.ceil(train_rows / per_step)
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(
+        batches_per_epoch / args.gradient_accumulation_steps * args.num_train_epochs)
+    numbers = {"processes": world, "train_rows": train_rows, "global_batch_size": global_batch,
+               "optimizer_steps": steps}
+    if recipe.loss.loss == "info_nce":
+        in_batch = per_step if recipe.loss_gathers() else args.per_device_train_batch_size
+        hard = hard_negatives_per_row
+        numbers["negatives_per_query"] = f"{in_batch - 1} in-batch + up to {hard} hard x {in_batch} rows" if hard \
+            else in_batch - 1
+    return numbers
+
+
+def print_resolved(recipe: Recipe, numbers: dict[str, Any]) -> None:
+    text = yaml.safe_dump({"recipe": recipe.source, **recipe_as_dict(recipe), "derived": numbers},
+                          sort_keys=False, width=120)
+    print("=== resolved recipe ===\n" + text.rstrip() + "\n=======================", flush=True)
+

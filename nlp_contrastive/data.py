@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-TEXT_ROLES = ("anchor", "positive", "negative", "negatives")
-VALUE_ROLES = ("score", "label")
-ROLES = TEXT_ROLES + VALUE_ROLES
+from nlp_contrastive.batch import LIST_ROLES, ROLES, TEXT_ROLES, VALUE_ROLES, token_column
+from nlp_contrastive.sources import Source, is_local_path
+
 DATA_DIR_ENV = "NLPC_DATA_DIR"
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 
@@ -65,7 +65,7 @@ def load_split(source: str, split: str = "train", *, config_name: str | None = N
         return _load_file(path, split_label=split)
     if path.is_dir():
         return _load_file(_split_file_in(path, split), split_label=split)
-    if source.startswith((".", "/", "~")) or Path(source).suffix in _FILE_BUILDERS:
+    if is_local_path(source):
         raise FileNotFoundError(f"data file '{source}' does not exist: check the path (relative to {os.getcwd()})")
     return _load_hub(source, split, config_name)
 
@@ -237,11 +237,11 @@ def validate_roles(ds: datasets.Dataset, source: str = "dataset") -> None:
 
 
 def _check_text_column(column: pa.ChunkedArray, role: str, source: str) -> None:
-    kind = "list of texts" if role == "negatives" else "text"
-    if role == "negatives":
+    kind = "list of texts" if role in LIST_ROLES else "text"
+    if role in LIST_ROLES:
         if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
-            raise ValueError(f"column for role 'negatives' in {source} must hold a list of texts per row, got "
-                             f"{column.type}: use 'negative' for a single text column")
+            raise ValueError(f"column for role '{role}' in {source} must hold a list of texts per row, got "
+                             f"{column.type}: map a column of text lists")
         _first_bad(column, pc.is_null(column), role, source, "is missing (null)")
         empty_lists = pc.equal(pc.list_value_length(column), 0)
         _first_bad(column, empty_lists, role, source, "is an empty list")
@@ -276,19 +276,19 @@ def _require_columns(ds: datasets.Dataset, needed: Sequence[str], purpose: str) 
 
 # ---------------------------------------------------------------------------------------- tokenization
 def tokenize_roles(ds: datasets.Dataset, tokenizer, max_length: int, *, num_proc: int | None = None) -> datasets.Dataset:
-    """Add `<role>_input_ids` for each text role, once; `datasets` caches the result by fingerprint."""
+    """Add the token column (`batch.token_column`) of each text role, once; `datasets` caches it by fingerprint."""
     text_roles = [r for r in TEXT_ROLES if r in ds.column_names]
 
     def encode(batch):
         out = {}
         for role in text_roles:
-            if role == "negatives":
+            if role in LIST_ROLES:
                 flat = [t for texts in batch[role] for t in texts]
                 ids = tokenizer(flat, truncation=True, max_length=max_length)["input_ids"]
                 it = iter(ids)
-                out[f"{role}_input_ids"] = [[next(it) for _ in texts] for texts in batch[role]]
+                out[token_column(role)] = [[next(it) for _ in texts] for texts in batch[role]]
             else:
-                out[f"{role}_input_ids"] = tokenizer(batch[role], truncation=True, max_length=max_length)["input_ids"]
+                out[token_column(role)] = tokenizer(batch[role], truncation=True, max_length=max_length)["input_ids"]
         return out
 
     return ds.map(encode, batched=True, batch_size=1000, num_proc=num_proc, desc="Tokenizing")
@@ -296,12 +296,20 @@ def tokenize_roles(ds: datasets.Dataset, tokenizer, max_length: int, *, num_proc
 
 
 # ------------------------------------------------------------------------------ recipes' train_data specs
-SOURCE_KEYS = ("dataset", "split", "config_name", "columns", "filter", "score_range", "label_map",
-               "group_pairs", "max_rows")
+TRAIN_KEYS = ("group_pairs",)  # besides the common source keys (nlp_contrastive.sources)
 
 
-def build_train_dataset(specs: Sequence[Mapping], *, max_rows: int | None = None) -> datasets.Dataset:
-    """Load, filter, group and role-map every source of a recipe's `train_data`, then concatenate them."""
+def train_source(spec: Mapping, position: int) -> Source:
+    """Check one `train_data` entry (at recipe load, before anything is read)."""
+    where = f"train_data[{position}]"
+    source = Source.from_dict(spec, where=where, roles=ROLES, extra_keys=TRAIN_KEYS)
+    if not source.columns:
+        raise ValueError(f"{where} needs 'columns' ({{role: column}}), e.g. {{anchor: sentence1, positive: sentence2}}")
+    return source
+
+
+def build_train_sources(specs: Sequence[Mapping]) -> list[datasets.Dataset]:
+    """Load, filter, group and role-map every source of a recipe's `train_data` (same roles in each)."""
     if not specs:
         raise ValueError("train_data is empty: add at least one source, e.g. "
                          "[{dataset: stsb, columns: {anchor: sentence1, positive: sentence2, score: score}}]")
@@ -311,29 +319,37 @@ def build_train_dataset(specs: Sequence[Mapping], *, max_rows: int | None = None
         if set(part.column_names) != roles:
             raise ValueError(f"train_data[{i}] maps roles {sorted(part.column_names)} but train_data[0] maps "
                              f"{sorted(roles)}: give every source the same roles")
-    ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return parts
+
+
+def hard_negatives_per_row(ds: datasets.Dataset) -> int:
+    """From the data itself: 1 for a `negative` column, the longest list for `negatives`, else 0."""
+    if "negatives" in ds.column_names:
+        return max(len(texts) for texts in ds["negatives"])
+    return int("negative" in ds.column_names)
+
+
+def concatenate(parts: Sequence[datasets.Dataset], *, max_rows: int | None = None) -> datasets.Dataset:
+    ds = datasets.concatenate_datasets(list(parts)) if len(parts) > 1 else parts[0]
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
     return ds
 
 
+def build_train_dataset(specs: Sequence[Mapping], *, max_rows: int | None = None) -> datasets.Dataset:
+    """All sources of `train_data`, concatenated (and cut to `max_rows`)."""
+    return concatenate(build_train_sources(specs), max_rows=max_rows)
+
+
 def _build_source(spec: Mapping, position: int) -> datasets.Dataset:
-    where = f"train_data[{position}]"
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"{where} must be a mapping with keys {', '.join(SOURCE_KEYS)}")
-    unknown = [k for k in spec if k not in SOURCE_KEYS]
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}: valid keys are {', '.join(SOURCE_KEYS)}")
-    if "dataset" not in spec or "columns" not in spec:
-        raise ValueError(f"{where} needs 'dataset' (named set, file or hub id) and 'columns' ({{role: column}})")
-    ds = load_split(str(spec["dataset"]), spec.get("split", "train"), config_name=spec.get("config_name"))
-    if spec.get("filter"):
-        ds = filter_rows(ds, spec["filter"])
+    source = train_source(spec, position)
+    ds = load_split(source.dataset, source.split, config_name=source.config_name)
+    if source.filter:
+        ds = filter_rows(ds, source.filter)
     if spec.get("group_pairs"):
         ds = group_pairs(ds, **spec["group_pairs"])
-    source = f"{where} ({spec['dataset']}:{spec.get('split', 'train')})"
-    ds = select_roles(ds, spec["columns"], score_range=spec.get("score_range"), label_map=spec.get("label_map"),
-                      source=source)
-    if spec.get("max_rows") is not None:
-        ds = ds.select(range(min(int(spec["max_rows"]), len(ds))))
+    where = f"train_data[{position}] ({source.dataset}:{source.split})"
+    ds = select_roles(ds, source.columns, score_range=source.score_range, label_map=source.label_map, source=where)
+    if source.max_rows is not None:
+        ds = ds.select(range(min(source.max_rows, len(ds))))
     return ds

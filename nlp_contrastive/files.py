@@ -24,13 +24,15 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return target
 
 
-def write_json_atomic(path: str | os.PathLike, data) -> Path:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+def write_json(path: str | os.PathLike, data) -> None:
+    """Plain write, for files inside a folder that is itself staged and renamed into place."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
 
-    return write_atomic(path, write)
+
+def write_json_atomic(path: str | os.PathLike, data) -> Path:
+    return write_atomic(path, lambda tmp: write_json(tmp, data))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -22,6 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from nlp_contrastive.files import write_json
+
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 POOLING_MODES = ("mean", "cls", "max", "last_token", "mean_sqrt_len")
 
@@ -181,15 +183,15 @@ class Encoder(nn.Module):
         if self.normalize:
             modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": _ST_NORMALIZE})
             (folder / "2_Normalize").mkdir()
-        _write_json(folder / "modules.json", modules)
-        _write_json(folder / "sentence_bert_config.json",
+        write_json(folder / "modules.json", modules)
+        write_json(folder / "sentence_bert_config.json",
                     {"max_seq_length": self.max_seq_length, "do_lower_case": False})
         (folder / "1_Pooling").mkdir()
         pooling_config = {"word_embedding_dimension": self.dimension}
         pooling_config.update({key: self.pooling == name for key, name in _ST_POOLING_KEYS.items()})
         pooling_config["include_prompt"] = True
-        _write_json(folder / "1_Pooling" / "config.json", pooling_config)
-        _write_json(folder / "config_sentence_transformers.json",
+        write_json(folder / "1_Pooling" / "config.json", pooling_config)
+        write_json(folder / "config_sentence_transformers.json",
                     {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None,
                      "__version__": library_versions()})
 
@@ -328,12 +330,6 @@ def _pooling_from_st_config(config_file: str) -> str:
             f"pooling {modes} in {config_file} is not supported: use exactly one of {', '.join(POOLING_MODES)}"
         )
     return modes[0]
-
-
-def _write_json(path: Path, data) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
 
 
 def library_versions() -> dict[str, str]:

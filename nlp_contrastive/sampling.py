@@ -24,6 +24,10 @@ from collections.abc import Hashable, Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from nlp_contrastive.batch import EMBEDDED_ROLES, TEXT_ROLES, token_column
+
+BATCH_SAMPLERS = ("random", "no_duplicates", "group_by_length")
+
 
 class _EpochBatchSampler(Sampler[list[int]]):
     """Shared machinery: per-epoch global batches (subclass), cached; rank sharding with disjoint top-ups."""
@@ -202,3 +206,41 @@ def _flatten(row: Sequence) -> Iterator[str]:
             yield value
         else:
             yield from value  # a list of negatives inside the row
+
+
+# ------------------------------------------------------------------------------------- recipe's choice
+def check_batch_sampler(kind: str) -> None:
+    if kind not in BATCH_SAMPLERS:
+        raise ValueError(f"unknown batch_sampler '{kind}': choose {', '.join(BATCH_SAMPLERS[:-1])} or {BATCH_SAMPLERS[-1]}")
+
+
+def batch_sampler_factory(kind: str):
+    """None for the Trainer's own random sampler; else `factory(dataset, batch_size, args)` -> a rank-aware
+    batch sampler (rank, world size and seed from the TrainingArguments)."""
+    check_batch_sampler(kind)
+    if kind == "random":
+        return None
+
+    def factory(dataset, batch_size: int, args) -> _EpochBatchSampler:
+        common = {"seed": args.data_seed if args.data_seed is not None else args.seed,
+                  "drop_last": args.dataloader_drop_last, "num_replicas": args.world_size, "rank": args.process_index}
+        if kind == "no_duplicates":
+            return NoDuplicatesBatchSampler(_texts_per_row(dataset), batch_size, **common)
+        return LengthGroupedBatchSampler(_tokens_per_row(dataset), batch_size, **common)
+
+    return factory
+
+
+def _texts_per_row(dataset) -> list[list[str]]:
+    """Every text of each row (all text roles, lists flattened): what may not repeat inside a batch."""
+    rows: list[list[str]] = [[] for _ in range(len(dataset))]
+    for column in (c for c in TEXT_ROLES if c in dataset.column_names):
+        for i, value in enumerate(dataset[column]):
+            rows[i].extend(value if isinstance(value, list) else [value])
+    return rows
+
+
+def _tokens_per_row(dataset) -> list[int]:
+    """Token count of each row over its single-text roles (what padding is driven by)."""
+    columns = [token_column(r) for r in EMBEDDED_ROLES if r != "negatives" and token_column(r) in dataset.column_names]
+    return [sum(len(ids) for ids in row) for row in zip(*(dataset[c] for c in columns), strict=True)]

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
 
-from nlp_contrastive import pipeline
-from nlp_contrastive.config import load_recipe
-from nlp_contrastive.trainer import ContrastiveTrainer
+from nlp_contrastive import config, data
+from nlp_contrastive.losses.build import build_loss
+from nlp_contrastive.modeling import Encoder
+from nlp_contrastive.run_record import CURVES_FILE, build_run_record, plot_training_curves, write_results
+from nlp_contrastive.sampling import batch_sampler_factory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,39 +28,85 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(recipe_path: str | None, overrides: list[str], callbacks: list | None = None) -> int:
     """Run a recipe end to end; `callbacks` are extra transformers TrainerCallbacks (tests, integrations)."""
+    from nlp_contrastive.evaluation.suite import training_evaluator
+    from nlp_contrastive.trainer import ContrastiveTrainer
+
     started = time.time()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    recipe = load_recipe(recipe_path, overrides)
+    recipe = config.load_recipe(recipe_path, overrides)
     args = recipe.training
-    pipeline.check_output_dir(args)
-    pipeline.check_eval_settings(recipe)
-    encoder = pipeline.build_encoder(recipe)
-    loss = pipeline.build_loss(recipe)
-    train_ds = pipeline.build_train_dataset(recipe)
-    pipeline.check_loss_against_data(loss, train_ds, recipe)
-    train_ds = pipeline.tokenize(recipe, train_ds, encoder)
+    config.check_output_dir(args)
+    encoder = build_encoder(recipe.model)
+    loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs, cached=recipe.loss.cached,
+                      cache_mini_batch_size=recipe.loss.cache_mini_batch_size,
+                      cache_max_tokens=recipe.loss.cache_max_tokens)
+    sources = data.build_train_sources(recipe.data.train_data)
+    train_ds = data.concatenate(sources, max_rows=recipe.data.max_train_rows)
+    train_ds = data.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
+                                   num_proc=recipe.data.tokenize_num_proc)
     if args.should_log:
-        pipeline.print_resolved(recipe, pipeline.derived_numbers(recipe, train_ds))
+        config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), data.hard_negatives_per_row(train_ds)))
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
     trainer = ContrastiveTrainer(
         encoder, args, loss, train_dataset=train_ds,
-        evaluator=pipeline.build_evaluator(recipe.eval.eval_tasks, recipe.eval.eval_batch_size),
-        batch_sampler_factory=pipeline.build_batch_sampler_factory(recipe),
+        evaluator=training_evaluator(recipe.eval.eval_tasks, recipe.eval.eval_batch_size),
+        batch_sampler_factory=batch_sampler_factory(recipe.data.batch_sampler),
         single_forward=recipe.loss.single_forward, callbacks=callbacks,
     )
+    train_output = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(args))
+    if not trainer.is_world_process_zero():
+        return 0
+    output_dir = Path(args.output_dir)
+    encoder.save_pretrained(output_dir)
+    final_evaluation(recipe, encoder, output_dir)
+    record = build_run_record(recipe, loss, [len(s) for s in sources], len(train_ds), train_output,
+                              trainer.state.log_history, started)
+    record.write(output_dir)
+    plot_training_curves(record.log_history, output_dir / CURVES_FILE)
+    from nlp_contrastive import card
+
+    card.write_model_card(output_dir)
+    if push_requested:
+        push(output_dir, args)
+    return 0
+
+
+def build_encoder(cfg: config.ModelConfig) -> Encoder:
+    kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    return Encoder.from_pretrained(cfg.model_name_or_path, pooling=cfg.pooling, normalize=cfg.normalize,
+                                   max_seq_length=cfg.max_seq_length, **kwargs)
+
+
+def _checkpoint_to_resume(args) -> str | bool | None:
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):
         resume = get_last_checkpoint(args.output_dir)
         if resume is None:
             raise FileNotFoundError(f"no checkpoint-N folder in '{args.output_dir}' to resume from")
-    train_output = trainer.train(resume_from_checkpoint=resume)
-    if not trainer.is_world_process_zero():
-        return 0
-    output_dir = Path(args.output_dir)
-    encoder.save_pretrained(output_dir)
-    pipeline.finish_run(recipe, encoder, loss, train_ds, train_output, trainer.state.log_history, started,
-                        push_requested)
-    return 0
+    return resume
+
+
+def final_evaluation(recipe: config.Recipe, encoder: Encoder, output_dir: Path) -> dict:
+    """The final eval tasks on the saved model: results.json + results_meta.json, and the table printed."""
+    if not recipe.eval.final_eval_tasks:
+        return {}
+    from nlp_contrastive.evaluation.suite import format_table, load_suite
+
+    suite = load_suite({"tasks": recipe.eval.final_eval_tasks, "batch_size": recipe.eval.eval_batch_size})
+    results = suite(encoder)
+    write_results(output_dir, results, suite.describe())
+    print(format_table(results), flush=True)
+    return results
+
+
+def push(output_dir: Path, args) -> None:
+    from nlp_contrastive import hub
+
+    repo_id = args.hub_model_id or output_dir.name
+    try:
+        print(hub.push_to_hub(output_dir, repo_id, private=bool(args.hub_private_repo), token=args.hub_token))
+    except hub.HubPushError as exc:
+        print(f"error: {exc} Push again later with `nlp-contrastive push {output_dir} --repo-id {repo_id}`.")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,10 @@ one). Checkpoints and the final model are written in sentence-transformers forma
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import safetensors.torch
 import torch
@@ -21,111 +19,11 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from nlp_contrastive.cached import CachedLoss
-from nlp_contrastive.data import TEXT_ROLES
+from nlp_contrastive.batch import Batch, BatchCollator
+from nlp_contrastive.losses.cached import CachedLoss
 from nlp_contrastive.modeling import Encoder
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ContrastiveTrainingArguments(TrainingArguments):
-    """TrainingArguments plus the one guard transformers 5 dropped: refuse to train into a used output dir."""
-
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "allow a non-empty output_dir"})
-
-
-class RoleCollator:
-    """Pad pre-tokenized `<role>_input_ids` columns per role; negatives lists are flattened with an index.
-
-    Output: {"features": {role: {input_ids, attention_mask}}, "score"/"label": [B],
-             "negatives_index": [B, K] (row in the flattened negatives, -1 = padding),
-             "<role>_ids": int64 hashes of the token ids (duplicate-text masking)}
-    """
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, rows: list[dict]) -> dict:
-        batch: dict = {"features": {}}
-        for role in TEXT_ROLES:
-            key = f"{role}_input_ids"
-            if key not in rows[0]:
-                continue
-            if role == "negatives":
-                sequences = [ids for row in rows for ids in row[key]]
-                counts = [len(row[key]) for row in rows]
-                width = max(counts)
-                index = torch.full((len(rows), width), -1, dtype=torch.long)
-                start = 0
-                for i, count in enumerate(counts):
-                    index[i, :count] = torch.arange(start, start + count)
-                    start += count
-                batch["negatives_index"] = index
-            else:
-                sequences = [row[key] for row in rows]
-            batch["features"][role] = self.pad(sequences)
-            batch[f"{role}_ids"] = torch.tensor([hash(tuple(s)) for s in sequences], dtype=torch.long)
-        for name in ("score", "label"):
-            if name in rows[0]:
-                batch[name] = torch.tensor([float(row[name]) for row in rows], dtype=torch.float32)
-        return batch
-
-    def pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
-        width = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for i, s in enumerate(sequences):
-            input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            attention_mask[i, : len(s)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def embed_roles(model: Callable, features: dict[str, dict[str, torch.Tensor]], single_forward: bool = True
-                ) -> dict[str, torch.Tensor]:
-    """Embed every role; with `single_forward`, one forward pass over all roles padded to a common length."""
-    roles = list(features)
-    if not single_forward or len(roles) == 1:
-        return {role: model(**features[role]) for role in roles}
-    width = max(f["input_ids"].shape[1] for f in features.values())
-    stacked = {
-        key: torch.cat([nn.functional.pad(features[r][key], (0, width - features[r][key].shape[1])) for r in roles])
-        for key in ("input_ids", "attention_mask")
-    }
-    embeddings = model(**stacked)
-    sizes = [features[r]["input_ids"].shape[0] for r in roles]
-    return dict(zip(roles, torch.split(embeddings, sizes), strict=True))
-
-
-def batch_extras(batch: dict) -> dict:
-    """Non-embedding loss inputs from a collated batch: text ids, negatives ids [B, K], score, label."""
-    extras = {f"{role}_ids": batch[f"{role}_ids"] for role in ("anchor", "positive", "negative")
-              if f"{role}_ids" in batch}
-    if "negatives_index" in batch:
-        index = batch["negatives_index"]
-        extras["negative_ids"] = torch.where(index >= 0, batch["negatives_ids"][index.clamp(min=0)], -1)
-    for name in ("score", "label"):
-        if name in batch:
-            extras[name] = batch[name]
-    return extras
-
-
-def accepted_arguments(loss: nn.Module, values: dict) -> dict:
-    """Only the keyword arguments the loss's forward takes (a loss without hard negatives ignores their ids)."""
-    accepted = inspect.signature(loss.forward).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        return values
-    return {k: v for k, v in values.items() if k in accepted}
-
-
-def loss_arguments(loss: nn.Module, embeddings: dict[str, torch.Tensor], batch: dict) -> dict:
-    """Map embeddings and batch extras onto the loss's keyword arguments."""
-    values = dict(embeddings) | batch_extras(batch)
-    if "negatives" in values and "negatives_index" in batch:
-        index = batch["negatives_index"]
-        values["negatives"] = values["negatives"][index.clamp(min=0)]  # [B, K, D]; padded slots masked
-        values["negatives_mask"] = index >= 0
-    return accepted_arguments(loss, values)
 
 
 class ContrastiveTrainer(Trainer):
@@ -142,7 +40,7 @@ class ContrastiveTrainer(Trainer):
         self.evaluator = evaluator
         self.single_forward = single_forward
         self.batch_sampler_factory = batch_sampler_factory
-        collator = RoleCollator(model.tokenizer.pad_token_id or 0)
+        collator = BatchCollator(model.tokenizer.pad_token_id or 0)
         # Trainer insists on an eval_dataset when eval_strategy != "no"; our evaluator brings its own data.
         eval_dataset = ["suite"] if evaluator is not None else None
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -167,13 +65,11 @@ class ContrastiveTrainer(Trainer):
 
     # --------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        features = inputs["features"]
+        batch = Batch.from_inputs(inputs)
         if isinstance(self.loss, CachedLoss):  # embeds by itself, in mini-batches
-            extras = accepted_arguments(self.loss.loss, batch_extras(inputs))
-            loss = self.loss(model, features, negatives_index=inputs.get("negatives_index"), **extras)
+            loss = self.loss(model, batch)
         else:
-            embeddings = embed_roles(model, features, self.single_forward)
-            loss = self.loss(**loss_arguments(self.loss, embeddings, inputs))
+            loss = self.loss(**batch.loss_kwargs(batch.embed(model, self.single_forward), self.loss))
         return (loss, {}) if return_outputs else loss
 
     # ------------------------------------------------------------------------------------------- saving

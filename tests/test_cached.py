@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlp_contrastive import cached as cached_module
-from nlp_contrastive.cached import CachedLoss, RandomStateSnapshot
 from nlp_contrastive.losses import InfoNCELoss
+from nlp_contrastive.losses import cached as cached_module
+from nlp_contrastive.losses.cached import CachedLoss, RandomStateSnapshot
 from tests.conftest import make_tiny_encoder
 
 torch.set_num_threads(1)  # 2 shared cores: keep each test's footprint small
@@ -336,3 +336,28 @@ def test_ddp_two_processes_match_one_process(tmp_path, gather):
     torch.testing.assert_close(torch.stack([r["loss"] for r in results]).mean(), reference.detach(), rtol=1e-5, atol=0)
     for result in results:  # DDP leaves identical (all-reduced) gradients on both ranks
         assert max_relative_error(result["grads"], ref_grads) < 1e-5
+
+
+# ------------------------------------------------------------------------------------ Matryoshka inside
+def test_matryoshka_inside_cached_loss_has_exact_gradients_and_encodes_once(monkeypatch):
+    """CachedLoss(MatryoshkaLoss(InfoNCE)): dims cut from the cached embeddings, so the encoder runs exactly as
+    often as for CachedLoss(InfoNCE), and loss and gradients equal the uncached MatryoshkaLoss(InfoNCE)."""
+    from nlp_contrastive.losses import MatryoshkaLoss
+
+    encoder = make_tiny_encoder(dropout=0.1).train()
+    features, index = batch_with_negatives(varied=False)
+    loss = MatryoshkaLoss(InfoNCELoss(temperature=0.05), dims=[8, 32, 16], weights=[0.5, 1.0, 1.0])
+    value, grads, ref_value, ref_grads = run_both(encoder, features, loss, CachedLoss(loss, mini_batch_size=4),
+                                                  chunk=4, negatives_index=index)
+    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=0)
+    assert max_relative_error(grads, ref_grads) < 1e-5
+
+    calls = []
+    original = type(encoder).forward
+    monkeypatch.setattr(type(encoder), "forward", lambda self, **kw: calls.append(1) or original(self, **kw))
+    counts = {}
+    for name, wrapped in (("matryoshka", loss), ("plain", loss.loss)):
+        calls.clear()
+        CachedLoss(wrapped, mini_batch_size=4)(encoder, features, negatives_index=index).backward()
+        counts[name] = len(calls)
+    assert counts == {"matryoshka": 18, "plain": 18}  # 36 rows / 4 = 9 mini-batches, each no-grad + re-run

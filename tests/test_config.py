@@ -17,7 +17,7 @@ def test_sectioned_and_flat_recipes_with_overrides(tmp_path):
 
 
 def test_unknown_key_lists_valid_keys(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown recipe key 'learnin_rate' \(did you mean learning_rate.*valid keys:"):
+    with pytest.raises(ValueError, match=r"recipe: unknown key\(s\) \['learnin_rate'\] \(did you mean learning_rate.*valid keys are"):
         load_recipe(write(tmp_path, "learnin_rate: 1e-5\n"))
 
 

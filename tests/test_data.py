@@ -4,7 +4,7 @@ import datasets
 import pytest
 
 from nlp_contrastive import data
-from nlp_contrastive.trainer import RoleCollator
+from nlp_contrastive.batch import BatchCollator
 
 
 def write_jsonl(path, rows):
@@ -103,7 +103,7 @@ def test_tokenize_once_and_collate(tiny_encoder):
     tokenized = data.tokenize_roles(ds, tiny_encoder.tokenizer, 16)
     again = data.tokenize_roles(ds, tiny_encoder.tokenizer, 16)
     assert tokenized["anchor_input_ids"] == again["anchor_input_ids"]
-    batch = RoleCollator(0)(tokenized.to_list())
+    batch = BatchCollator(0)(tokenized.to_list())
     assert batch["features"]["positive"]["input_ids"].shape[0] == 2
     assert batch["features"]["negatives"]["input_ids"].shape[0] == 3
     assert batch["negatives_index"].tolist() == [[0, 1], [2, -1]]

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from nlp_contrastive.hub import build_model_card, read_model_info, write_model_card
+from nlp_contrastive.card import build_model_card, read_model_info, write_model_card
 from tests.conftest import make_tiny_encoder
 
 

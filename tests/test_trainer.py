@@ -89,8 +89,8 @@ def test_outputs_results_card_and_curves(tiny_model_dir, tmp_path, data_dir, cap
       "[{dataset: stsb, columns: {anchor: sentence1, positive: sentence2}}]"], "needs a 'score' column"),
     (["--loss", "info_nce", "--per_device_train_batch_size", "1"], "per_device_train_batch_size must be >= 2"),
     (["--loss", "no_such_loss"], "unknown loss 'no_such_loss'"),
-    (["--train_data", "[{dataset: stsb, columns: {anchor: sentence1, positive: nope}}]"], r"column\(s\) \['nope'\]"),
-    (["--batch_size", "8"], "unknown recipe key 'batch_size'"),
+    (["--train_data", "[{dataset: stsb, columns: {anchor: sentence1, positive: nope, score: score}}]"], r"column\(s\) \['nope'\]"),
+    (["--batch_size", "8"], r"unknown key\(s\) \['batch_size'\]"),
     (["--eval_tasks", "[]", "--eval_strategy", "steps"], "eval_strategy is 'steps' but eval_tasks is empty"),
 ])
 def test_bad_inputs_fail_before_training(tiny_model_dir, tmp_path, data_dir, capsys, extra, message):

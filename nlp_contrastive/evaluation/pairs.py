@@ -1,7 +1,8 @@
 """Similarity of embedding pairs (row i of `a` with row i of `b`), every function "higher means closer".
 
-Distances are negated (as sentence-transformers and MTEB do for correlation and ranking) so one sort
-direction fits all four functions. Computed in float64 so results do not depend on BLAS summation order.
+The similarity table is the losses' own (`nlp_contrastive.losses.similarity`): distances enter negated (as
+sentence-transformers and MTEB do for correlation and ranking) so one sort direction fits all four functions.
+Computed in float64 so results do not depend on BLAS summation order.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from nlp_contrastive.evaluation.embedding import encode_unique
+from nlp_contrastive.losses.similarity import get_similarity
 
 SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
 
@@ -21,20 +24,8 @@ def paired_similarities(a: np.ndarray, b: np.ndarray,
     unknown = [f for f in functions if f not in SIMILARITY_FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown similarity function(s) {unknown}: choose from {', '.join(SIMILARITY_FUNCTIONS)}")
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    out: dict[str, np.ndarray] = {}
-    for name in functions:
-        if name == "cosine":
-            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-            out[name] = np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-12)
-        elif name == "dot":
-            out[name] = np.einsum("ij,ij->i", a, b)
-        elif name == "euclidean":
-            out[name] = -np.linalg.norm(a - b, axis=1)
-        else:
-            out[name] = -np.abs(a - b).sum(axis=1)
-    return out
+    left, right = torch.from_numpy(np.asarray(a, dtype=np.float64)), torch.from_numpy(np.asarray(b, dtype=np.float64))
+    return {name: get_similarity(name).pairwise(left, right).numpy() for name in functions}
 
 
 def encode_pairs(encoder, sentences1: Sequence[str], sentences2: Sequence[str], batch_size: int,

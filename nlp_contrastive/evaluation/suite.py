@@ -32,6 +32,7 @@ import yaml
 
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
 from nlp_contrastive.evaluation.tasks import TaskSpec, TaskUnavailable, build_evaluator, default_task_name
+from nlp_contrastive.sources import check_known_keys
 
 __all__ = ["BUILTIN_STS_SUITE", "Suite", "TaskSpec", "TaskUnavailable", "build_evaluator", "default_suite",
            "format_table", "load_suite"]
@@ -149,9 +150,7 @@ def load_suite(path_or_dict: str | Path | Mapping[str, Any], *, batch_size: int 
         base_dir = path.resolve().parent
         if not isinstance(raw, Mapping):
             raise ValueError(f"suite file '{path}' must be a mapping with a tasks: section")
-    unknown = sorted(set(raw) - set(SUITE_KEYS))
-    if unknown:
-        raise ValueError(f"unknown suite key(s) {unknown}: valid keys are {', '.join(SUITE_KEYS)}")
+    check_known_keys(raw, SUITE_KEYS, "suite", noun="suite key")
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, Mapping):
         raise ValueError("suite: defaults: must be a mapping of task keys")
@@ -207,3 +206,20 @@ def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
 
 def _percent(value: float) -> str:
     return "nan" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def training_evaluator(tasks: list[dict], batch_size: int) -> Callable[[Any], dict[str, float]] | None:
+    """For evaluation during training: encoder -> {task_metric: value, "score": the first task's primary
+    metric} (so `metric_for_best_model: score` works for any task), or None without tasks."""
+    if not tasks:
+        return None
+    suite = load_suite({"tasks": tasks, "batch_size": batch_size})
+
+    def evaluate(encoder) -> dict[str, float]:
+        results = suite(encoder)
+        flat = {f"{task}_{metric}": value for task, metrics in results.items() for metric, value in metrics.items()}
+        first = next(iter(results))
+        flat["score"] = results[first][suite.primary_metrics[first]]
+        return flat
+
+    return evaluate

@@ -1,21 +1,21 @@
 """One evaluation task: its spec (validated YAML mapping), where its data comes from, its evaluator.
 
-Task keys mirror the recipes' `train_data` entries: `type` (sts | pair_classification | reranking |
-retrieval), `dataset` (named set, local file/folder, or hub id), `split`, `config_name`, `columns`
-({role: column}, by name), `score_range` (sts), `layout` (retrieval: pairs | beir), `ignore_identical_ids` (retrieval: drop a retrieved
-document whose id is the query's, MTEB's option), `batch_size`.
+Task keys are the recipes' source keys (`nlp_contrastive.sources`: dataset, split, config_name, columns,
+filter, score_range, label_map, max_rows) plus `type` (sts | pair_classification | reranking | retrieval),
+`layout` (retrieval: pairs | beir), `ignore_identical_ids` (retrieval: drop a retrieved document whose id
+is the query's, MTEB's option) and `batch_size`.
 A hub dataset is read from $NLPC_DATA_DIR/<task name lowercased>/ (or /<last part of the hub id>/) when that
 folder exists; otherwise, offline, building the task raises TaskUnavailable (the suite skips it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nlp_contrastive.data import NAMED_SETS, data_dir, is_offline, load_split
+from nlp_contrastive.data import NAMED_SETS, data_dir, filter_rows, is_offline, load_split
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
 from nlp_contrastive.evaluation.pair_classification import PairClassificationEvaluator
 from nlp_contrastive.evaluation.reranking import RerankingEvaluator, RerankingSample, group_candidates
@@ -28,10 +28,10 @@ from nlp_contrastive.evaluation.retrieval_data import (
     qrels_from_rows,
 )
 from nlp_contrastive.evaluation.sts import STSEvaluator
+from nlp_contrastive.sources import SOURCE_KEYS, Source, check_known_keys, is_local_path
 
 TASK_TYPES = ("sts", "pair_classification", "reranking", "retrieval")
-TASK_KEYS = ("type", "dataset", "split", "config_name", "columns", "score_range", "batch_size", "layout",
-             "ignore_identical_ids")
+TASK_KEYS = ("type", "batch_size", "layout", "ignore_identical_ids")  # besides the common source keys
 ROLES: dict[str, tuple[str, ...]] = {
     "sts": ("sentence1", "sentence2", "score"),
     "pair_classification": ("sentence1", "sentence2", "label"),
@@ -39,7 +39,6 @@ ROLES: dict[str, tuple[str, ...]] = {
     "retrieval": ("query", "document", "label"),
 }
 LAYOUTS = ("pairs", "beir")
-_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 
 class TaskUnavailable(FileNotFoundError):
@@ -61,52 +60,42 @@ class TaskSpec:
     layout: str | None = None
     ignore_identical_ids: bool = False
 
+    filter: str | None = None
+    max_rows: int | None = None
+    label_map: Mapping | None = None
+
+    @property
+    def source(self) -> Source:
+        return Source(dataset=self.dataset, split=self.split, config_name=self.config_name, columns=self.columns,
+                      filter=self.filter, score_range=self.score_range, max_rows=self.max_rows)
+
     @classmethod
     def from_dict(cls, name: str, raw: Mapping[str, Any], base_dir: Path | None = None) -> TaskSpec:
-        """Validate one task mapping; unknown keys fail with the list of valid ones."""
+        """Validate one task mapping: the common source keys (`nlp_contrastive.sources`) plus TASK_KEYS."""
+        where = f"task '{name}'"
         if not isinstance(raw, Mapping):
-            raise ValueError(f"task '{name}' must be a mapping of {', '.join(TASK_KEYS)}, got {raw!r}")
-        unknown = sorted(set(raw) - set(TASK_KEYS))
-        if unknown:
-            raise ValueError(f"task '{name}': unknown key(s) {unknown}: valid keys are {', '.join(TASK_KEYS)}")
+            raise ValueError(f"{where} must be a mapping of {', '.join(SOURCE_KEYS + TASK_KEYS)}, got {raw!r}")
         kind = raw.get("type")
         if kind not in TASK_TYPES:
-            raise ValueError(f"task '{name}': type {kind!r} is not one of {', '.join(TASK_TYPES)}: set type:")
-        data = raw.get("dataset")
-        if not isinstance(data, str) or not data:
-            raise ValueError(f"task '{name}': set dataset: to a named set ({', '.join(NAMED_SETS)}), a local file or "
-                             "folder, or a hub id")
-        columns = raw.get("columns") or {}
-        if not isinstance(columns, Mapping) or not all(isinstance(v, str) for v in columns.values()):
-            raise ValueError(f"task '{name}': columns must map role -> column name, e.g. {{score: similarity}}")
-        bad_roles = sorted(set(columns) - set(ROLES[kind]))
-        if bad_roles:
-            raise ValueError(f"task '{name}': unknown role(s) {bad_roles} in columns for type {kind}: valid roles "
-                             f"are {', '.join(ROLES[kind])}")
-        score_range = raw.get("score_range")
-        if score_range is not None:
-            if kind != "sts":
-                raise ValueError(f"task '{name}': score_range only applies to type sts")
-            if (not isinstance(score_range, Sequence) or len(score_range) != 2
-                    or not all(isinstance(x, (int, float)) for x in score_range)
-                    or not score_range[1] > score_range[0]):
-                raise ValueError(f"task '{name}': score_range must be [low, high] with high > low, e.g. [0, 5]")
-            score_range = (float(score_range[0]), float(score_range[1]))
+            check_known_keys(raw, SOURCE_KEYS + TASK_KEYS, where)
+            raise ValueError(f"{where}: type {kind!r} is not one of {', '.join(TASK_TYPES)}: set type:")
+        source = Source.from_dict(raw, where=where, roles=ROLES[kind], extra_keys=TASK_KEYS, default_split="test",
+                                  base_dir=base_dir)
+        if source.score_range is not None and kind != "sts":
+            raise ValueError(f"{where}: score_range only applies to type sts")
         layout = raw.get("layout")
         if layout is not None and (kind != "retrieval" or layout not in LAYOUTS):
-            raise ValueError(f"task '{name}': layout applies to type retrieval and is one of {', '.join(LAYOUTS)}")
+            raise ValueError(f"{where}: layout applies to type retrieval and is one of {', '.join(LAYOUTS)}")
         ignore_identical = raw.get("ignore_identical_ids", False)
         if not isinstance(ignore_identical, bool) or (ignore_identical and kind != "retrieval"):
-            raise ValueError(f"task '{name}': ignore_identical_ids must be true or false and applies to type "
-                             f"retrieval, got {ignore_identical!r}")
+            raise ValueError(f"{where}: ignore_identical_ids must be true or false and applies to type retrieval, "
+                             f"got {ignore_identical!r}")
         batch_size = raw.get("batch_size")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"task '{name}': batch_size must be a positive integer, got {batch_size!r}")
-        if base_dir is not None and data not in NAMED_SETS and (base_dir / data).exists():
-            data = str(base_dir / data)  # paths in a suite file are relative to that file
-        return cls(name=name, type=kind, dataset=data, split=str(raw.get("split", "test")),
-                   config_name=raw.get("config_name"),
-                   columns=dict(columns), score_range=score_range, batch_size=batch_size, layout=layout,
+            raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+        return cls(name=name, type=kind, dataset=source.dataset, split=source.split, config_name=source.config_name,
+                   columns=dict(source.columns), score_range=source.score_range, batch_size=batch_size, layout=layout,
+                   filter=source.filter, max_rows=source.max_rows, label_map=source.label_map,
                    ignore_identical_ids=ignore_identical)
 
 
@@ -160,9 +149,8 @@ def _resolve_source(spec: TaskSpec) -> tuple[str, bool]:
     root = data_dir()
     if spec.dataset in NAMED_SETS:
         return spec.dataset, not (root is not None and (root / spec.dataset).is_dir())
-    path = Path(spec.dataset).expanduser()
-    if path.exists() or spec.dataset.startswith((".", "/", "~")) or path.suffix.lower() in _FILE_SUFFIXES:
-        return str(path), False
+    if is_local_path(spec.dataset):
+        return str(Path(spec.dataset).expanduser()), False
     if root is not None:
         for folder in (spec.name.lower(), spec.dataset.rstrip("/").rsplit("/", 1)[-1].lower()):
             if (root / folder).is_dir():
@@ -171,6 +159,15 @@ def _resolve_source(spec: TaskSpec) -> tuple[str, bool]:
 
 
 def _load(spec: TaskSpec, source: str, remote: bool, split: str, config: str | None):
+    rows = _load_unfiltered(spec, source, remote, split, config)
+    if spec.filter and split == spec.split:
+        rows = filter_rows(rows, spec.filter)
+    if spec.max_rows is not None and split == spec.split:
+        rows = rows.select(range(min(spec.max_rows, len(rows))))
+    return rows
+
+
+def _load_unfiltered(spec: TaskSpec, source: str, remote: bool, split: str, config: str | None):
     try:
         return load_split(source, split, config_name=config)
     except FileNotFoundError as exc:
@@ -220,6 +217,12 @@ def _columns(spec: TaskSpec, rows) -> dict[str, list]:
             raise ValueError(f"task '{spec.name}': column '{column}' for role '{role}' not found in {spec.dataset} "
                              f"(columns: {', '.join(available)}): set columns: {{{role}: <column>}} in the task")
         out[role] = rows[column][:]  # a plain list (datasets returns a lazy Column)
+        if role == "label" and spec.label_map:
+            missing = sorted({str(v) for v in out[role]} - {str(k) for k in spec.label_map})
+            if missing:
+                raise ValueError(f"task '{spec.name}': label values {missing[:5]} have no entry in label_map: add them")
+            mapping = {str(k): v for k, v in spec.label_map.items()}
+            out[role] = [mapping[str(v)] for v in out[role]]
     return out
 
 

@@ -63,7 +63,7 @@ def test_suite_file_paths_are_relative_to_the_file(tmp_path, jsonl):
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"tasks": {"T": {"type": "sts", "dataset": "x.jsonl", "colums": {}}}}, r"unknown key\(s\) \['colums'\]: valid keys"),
+    ({"tasks": {"T": {"type": "sts", "dataset": "x.jsonl", "colums": {}}}}, r"unknown key\(s\) \['colums'\] \(did you mean columns\?\): valid keys"),
     ({"tasks": {"T": {"type": "nli", "dataset": "x.jsonl"}}}, "type 'nli' is not one of sts"),
     ({"tasks": {"T": {"type": "sts"}}}, "set dataset:"),
     ({"tasks": {"T": {"type": "sts", "data": "x"}}}, r"unknown key\(s\) \['data'\]"),
@@ -100,7 +100,7 @@ def test_runs_and_formats_an_aligned_table(tmp_path, jsonl, table_encoder):
 
 
 def test_recipe_style_task_list_batch_size_and_describe(data_dir):
-    """The form `eval_tasks` / `final_eval_tasks` in recipes use, as nlp_contrastive.pipeline passes it."""
+    """The form `eval_tasks` / `final_eval_tasks` in recipes use, as nlp_contrastive.train passes it."""
     suite = load_suite({"tasks": [{"name": "stsb-test", "type": "sts", "dataset": "stsb", "split": "test"},
                                   {"type": "pair_classification", "dataset": "msrp", "split": "validation"}],
                         "batch_size": 16})

@@ -74,3 +74,54 @@ def assert_value_and_grad(fn, naive, inputs: dict, dtype: torch.dtype) -> None:
 
 def isclose(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7)
+
+
+# ----------------------------------------------------------------- log loss, AnglE, distillation (row loops)
+def naive_log_loss(a, b, label, inverse_temperature, bias, similarity="cosine"):
+    """mean_i -[y log sigma(z) + (1 - y) log(1 - sigma(z))], z = s/t + b, one pair at a time.
+
+    -log sigma(z) = softplus(-z) and -log(1 - sigma(z)) = softplus(z): the same formula without log(0) in float32.
+    """
+    terms = []
+    for i in range(a.shape[0]):
+        z = sim(a[i], b[i], similarity) * inverse_temperature + bias
+        y = label[i]
+        terms.append(y * softplus(-z) + (1 - y) * softplus(z))
+    return mean(terms)
+
+
+def angle_sim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """|Re + Im| of the complex reading (first half real, second half imaginary) of unit vectors x, y."""
+    if x.shape[0] % 2:
+        x, y = torch.cat([x, x.new_zeros(1)]), torch.cat([y, y.new_zeros(1)])
+    x, y = x / torch.sqrt((x * x).sum()), y / torch.sqrt((y * y).sum())
+    half = x.shape[0] // 2
+    real = sum(x[k] * y[k] + x[half + k] * y[half + k] for k in range(half))
+    imaginary = sum(x[half + k] * y[k] - x[k] * y[half + k] for k in range(half))
+    return (real + imaginary).abs()
+
+
+def naive_angle(a, b, score, inverse_temperature):
+    s = [angle_sim(a[i], b[i]) * inverse_temperature for i in range(a.shape[0])]
+    terms = [a.new_zeros(())] + [s[j] - s[i] for i in range(len(s)) for j in range(len(s)) if score[i] > score[j]]
+    return log_sum_exp(terms)
+
+
+def naive_mse_distillation(columns, teachers):
+    """Mean over columns of mean over all entries of (student - teacher)^2."""
+    per_column = []
+    for student, teacher in zip(columns, teachers, strict=True):
+        cells = [(student[i, k] - teacher[i, k]) ** 2 for i in range(student.shape[0]) for k in range(student.shape[1])]
+        per_column.append(mean(cells))
+    return mean(per_column)
+
+
+def naive_margin_mse(q, p, negatives, teacher_margins, mask=None, similarity="dot"):
+    """Mean over real (i, k) of ((s(q_i, p_i) - s(q_i, n_ik)) - m_ik)^2."""
+    terms = []
+    for i in range(q.shape[0]):
+        for k in range(negatives.shape[1]):
+            if mask is None or bool(mask[i, k]):
+                margin = sim(q[i], p[i], similarity) - sim(q[i], negatives[i, k], similarity)
+                terms.append((margin - teacher_margins[i, k]) ** 2)
+    return mean(terms)

@@ -135,3 +135,98 @@ def test_batch_hard_and_batch_all_equal(distance, metric):
     every = st_losses.BatchAllTripletLoss(model=None, distance_metric=metric, margin=1.0)
     _same(lambda c: batch_all_triplet(c[0], labels, margin=1.0, distance=distance),
           lambda c: every.compute_loss_from_embeddings(c, labels), _columns(1), atol=1e-7)
+
+
+# --------------------------------------------------------------------- AnglE, distillation, Matryoshka
+from sentence_transformers.base.losses.merged_forward import column_merging_disabled  # noqa: E402
+from torch import nn  # noqa: E402
+
+from nlp_contrastive.losses import (  # noqa: E402
+    InfoNCELoss,
+    MatryoshkaLoss,
+    MSEDistillationLoss,
+    angle,
+    margin_mse,
+    mse_distillation,
+)
+
+
+def test_angle_equals_angle_loss():
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.5, 0.0, 0.7, 0.2, 1.0], dtype=torch.float64)
+    for scale in (20.0, 1.0):
+        theirs = st_losses.AnglELoss(model=None, scale=scale)
+        _same(lambda c, s=scale: angle(c[0], c[1], scores, scale=s),
+              lambda c, t=theirs: t.compute_loss_from_embeddings(c, scores), _columns(2))
+
+
+def test_mse_distillation_equals_mse_loss():
+    teacher = torch.randn(B, D, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    theirs = st_losses.MSELoss(model=None)
+    _same(lambda c: mse_distillation(c[0], teacher),
+          lambda c: theirs.compute_loss_from_embeddings(c, [teacher]), _columns(1))
+    # Two columns (source, translation) onto the teacher's source embedding, and per-column teachers.
+    _same(lambda c: mse_distillation(c[0], teacher, c[1]),
+          lambda c: theirs.compute_loss_from_embeddings(c, [teacher, teacher]), _columns(2))
+    per_column = torch.randn(B, 2, D, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    _same(lambda c: mse_distillation(c[0], per_column, c[1]),
+          lambda c: theirs.compute_loss_from_embeddings(c, [per_column[:, 0], per_column[:, 1]]), _columns(2))
+
+
+@pytest.mark.parametrize("n_negatives", [1, 3])
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+def test_margin_mse_equals_margin_mse_loss(n_negatives, similarity):
+    from sentence_transformers.util import pairwise_cos_sim, pairwise_dot_score
+
+    function = {"dot": pairwise_dot_score, "cosine": pairwise_cos_sim}[similarity]
+    theirs = st_losses.MarginMSELoss(model=None, similarity_fct=function)
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randn(B, 1 + n_negatives, generator=g, dtype=torch.float64)  # [pos, neg_1..K] form
+    margins = scores[:, :1] - scores[:, 1:]  # the margins form
+    negatives = (lambda c: torch.stack(c[2:], dim=1)) if n_negatives > 1 else (lambda c: c[2])
+    for labels in (scores, margins):
+        _same(lambda c: margin_mse(c[0], c[1], negatives(c), teacher_scores=scores, similarity=similarity),
+              lambda c, y=labels: theirs.compute_loss_from_embeddings(c, y), _columns(2 + n_negatives))
+
+
+class _EmbeddingsAsModel(nn.Module):
+    """A stand-in SentenceTransformer whose 'features' already are the embeddings (ST losses hold a model)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def get_embedding_dimension(self) -> int:
+        return self.dim
+
+    def forward(self, features):
+        return {"sentence_embedding": features["embedding"]}
+
+
+@pytest.mark.parametrize("n_negatives", [0, 2])
+def test_matryoshka_info_nce_equals_matryoshka_mnrl(n_negatives):
+    dims, weights = [6, 4, 2], [1.0, 0.5, 2.0]
+    model = _EmbeddingsAsModel(D)
+    theirs = st_losses.MatryoshkaLoss(model, st_losses.MultipleNegativesRankingLoss(model, scale=20.0),
+                                      matryoshka_dims=dims, matryoshka_weights=weights)
+    # Our dims in another order (same pairs): the order must not matter.
+    ours = MatryoshkaLoss(InfoNCELoss(temperature=0.05), dims=[2, 6, 4], weights=[2.0, 1.0, 0.5])
+
+    def st_value(c):
+        with column_merging_disabled():
+            return theirs([{"embedding": x} for x in c], _no_labels())
+
+    _same(lambda c: ours(anchor=c[0], positive=c[1], negatives=torch.stack(c[2:], dim=1) if n_negatives else None),
+          st_value, _columns(2 + n_negatives))
+
+
+def test_matryoshka_mse_distillation_equals_matryoshka_mse_loss():
+    teacher = torch.randn(B, D, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    model = _EmbeddingsAsModel(D)
+    theirs = st_losses.MatryoshkaLoss(model, st_losses.MSELoss(model), matryoshka_dims=[6, 3])
+    ours = MatryoshkaLoss(MSEDistillationLoss(), dims=[3, 6])
+
+    def st_value(c):
+        with column_merging_disabled():
+            return theirs([{"embedding": c[0]}], teacher)
+
+    _same(lambda c: ours(anchor=c[0], teacher_embedding=teacher), st_value, _columns(1))

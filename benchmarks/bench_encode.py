@@ -1,10 +1,10 @@
 """Encoding speed: our Encoder.encode vs SentenceTransformer.encode on the 2,758 STS-B test sentences.
 
 Same model weights, same batch size, same process and threads; both warmed up first, then timed round
-by round in alternating order (see eval/benchlib.py). Prints every timing and the ratio ST time / our
+by round in alternating order (see benchmarks/benchlib.py). Prints every timing and the ratio ST time / our
 time, the median over rounds (>= 1.0 means we are at least as fast).
 
-    python eval/bench_encode.py [--model PATH] [--batch-size 64] [--rounds 5] [--require 1.0]
+    python benchmarks/bench_encode.py [--model PATH] [--batch-size 64] [--rounds 5] [--require 1.0]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from benchlib import interleaved, parse_bench_args, report  # noqa: E402  (eval/benchlib.py)
+from benchlib import interleaved, parse_bench_args, report  # noqa: E402  (benchmarks/benchlib.py)
 
 from nlp_contrastive.data import load_split  # noqa: E402
 from nlp_contrastive.modeling import Encoder, resolve_model_path  # noqa: E402

@@ -3,11 +3,11 @@
 Ours: the local STS suite (STS-B test + SICK-R test) end to end — data loading, encoding, correlations —
 through `load_suite(...)(encoder)`. Baseline: sentence-transformers encodes both sides of every pair with
 `encode(batch_size=64)`, as EmbeddingSimilarityEvaluator does, then the same Spearman. Same weights,
-process and threads; both warmed up; timed round by round in alternating order (eval/benchlib.py).
+process and threads; both warmed up; timed round by round in alternating order (benchmarks/benchlib.py).
 Prints the times, the ratio (baseline time / our time, median over rounds) and both Spearman values,
 which must agree.
 
-    python eval/bench_eval.py [--model PATH] [--batch-size 64] [--rounds 3] [--require 1.5]
+    python benchmarks/bench_eval.py [--model PATH] [--batch-size 64] [--rounds 3] [--require 1.5]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from benchlib import interleaved, parse_bench_args, report  # noqa: E402  (eval/benchlib.py)
+from benchlib import interleaved, parse_bench_args, report  # noqa: E402  (benchmarks/benchlib.py)
 from scipy.stats import spearmanr  # noqa: E402
 
 from nlp_contrastive.data import load_split  # noqa: E402

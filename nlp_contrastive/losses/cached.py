@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from nlp_contrastive.batch import Batch
+
 Features = dict[str, torch.Tensor]
 
 
@@ -56,7 +58,8 @@ class _MiniBatch:
 class CachedLoss(nn.Module):
     """Wrap any in-batch loss so the batch can be far larger than what fits in memory, with exact gradients.
 
-    Call: `cached(encoder, features, *, negatives_index=None, **loss_kwargs) -> scalar loss`
+    Call: `cached(encoder, batch)` with a `nlp_contrastive.batch.Batch`, or
+    `cached(encoder, features, *, negatives_index=None, **loss_kwargs) -> scalar loss`
       - `encoder`: callable mapping tokenized inputs (input_ids, attention_mask, ...) [n, T] to embeddings [n, D]
         (an `Encoder`, possibly DDP-wrapped).
       - `features`: role -> tokenized inputs of that role, e.g. {"anchor": {...}, "positive": {...}}. Role
@@ -64,7 +67,8 @@ class CachedLoss(nn.Module):
         required: entry (b, k) is the row of that flattened tensor holding row b's k-th negative, -1 = padding.
         The wrapped loss then receives `negatives=[B, K, D]` and `negatives_mask=[B, K]` (index >= 0).
       - `loss_kwargs`: everything else the loss takes (temperature overrides, ids for duplicate masking, ...).
-    The wrapped loss is called as `loss(anchor=..., positive=..., ..., **loss_kwargs)`; its value is returned
+    The wrapped loss is called with `batch.loss_kwargs(embeddings, loss)` — the same arguments as the uncached
+    path (`nlp_contrastive.batch`); its value is returned
     as a tensor whose `.backward()` (any scaling applied to it is honoured) runs the cached backward.
 
     Mini-batches are contiguous rows of each role, at most `mini_batch_size` rows (None = no row limit) and, if
@@ -97,18 +101,16 @@ class CachedLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"mini_batch_size={self.mini_batch_size}, max_tokens_per_mini_batch={self.max_tokens_per_mini_batch}"
 
-    def forward(self, encoder: Callable[..., torch.Tensor], features: dict[str, Features], *,
+    def forward(self, encoder: Callable[..., torch.Tensor], features: dict[str, Features] | Batch, *,
                 negatives_index: torch.Tensor | None = None, **loss_kwargs) -> torch.Tensor:
-        if not features:
-            raise ValueError("CachedLoss got no features: pass {role: tokenized inputs} for at least one role")
-        if ("negatives" in features) != (negatives_index is not None):
-            raise ValueError("role 'negatives' (flattened [B*K, T] inputs) and negatives_index [B, K] go together: "
-                             f"got roles {sorted(features)} and negatives_index={'set' if negatives_index is not None else None}")
+        batch = features if isinstance(features, Batch) else Batch(
+            features=features, negatives_index=negatives_index, extras=loss_kwargs)
+        batch.check()
         local = encoder.module if isinstance(encoder, DistributedDataParallel) else encoder
-        plan = [_MiniBatch(role, rows, inputs) for role, role_inputs in features.items()
+        plan = [_MiniBatch(role, rows, inputs) for role, role_inputs in batch.features.items()
                 for rows, inputs in self._split(role_inputs)]
         autocast = _AutocastState.capture(plan[0].inputs, local)
-        chunks: dict[str, list[torch.Tensor]] = {role: [] for role in features}
+        chunks: dict[str, list[torch.Tensor]] = {role: [] for role in batch.features}
         with torch.no_grad(), warnings.catch_warnings():
             # Reentrant checkpointing warns that nothing requires grad: true, and intended, in this pass.
             warnings.filterwarnings("ignore", message="None of the inputs have requires_grad")
@@ -118,9 +120,9 @@ class CachedLoss(nn.Module):
         embeddings = {role: torch.cat(parts) for role, parts in chunks.items()}
         del chunks
         if not torch.is_grad_enabled():
-            return self.loss(**_loss_arguments(embeddings, negatives_index, loss_kwargs))
+            return self.loss(**batch.loss_kwargs(embeddings, self.loss))
         leaves = {role: e.detach().requires_grad_() for role, e in embeddings.items()}
-        loss = self.loss(**_loss_arguments(leaves, negatives_index, loss_kwargs))
+        loss = self.loss(**batch.loss_kwargs(leaves, self.loss))
         replay = _Replay(encoder, local, plan, autocast, loss, leaves)
         return _CachedBackward.apply(replay, loss.detach(), *leaves.values())
 
@@ -152,18 +154,6 @@ def _rows(value, start: int, end: int, keep: int, width: int):
         return value
     value = value[start:end]
     return value[:, :keep] if value.dim() >= 2 and value.shape[1] == width else value
-
-
-def _loss_arguments(embeddings: dict[str, torch.Tensor], negatives_index: torch.Tensor | None, loss_kwargs: dict) -> dict:
-    arguments = dict(loss_kwargs)
-    for role, embedding in embeddings.items():
-        if role != "negatives":
-            arguments[role] = embedding
-            continue
-        index = negatives_index.to(embedding.device)
-        arguments["negatives"] = embedding[index.clamp(min=0)]
-        arguments.setdefault("negatives_mask", index >= 0)
-    return arguments
 
 
 @dataclass

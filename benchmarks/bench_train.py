@@ -1,6 +1,6 @@
 """Training throughput, memory and quality: sentence-transformers' trainer vs ours, same recipe, one run.
 
-    python eval/bench_train.py [--only cosine|infonce] [--max-rows N]
+    python benchmarks/bench_train.py [--only cosine|infonce] [--max-rows N]
 
 Each trainer runs in its own subprocess (so peak RSS is its own), in the order ST, ours, for the recipes
 `stsb-cosine` (CosineSimilarityLoss, batch 16) and `paraphrase-infonce` (MultipleNegativesRankingLoss /

@@ -1,0 +1,182 @@
+"""The batch contract: which roles a row may have, how rows are collated, and how a batch feeds a loss.
+
+Data sources map columns onto roles by name (`nlp_contrastive.data`); tokenization adds one token column per
+text role (`token_column(role)`); `BatchCollator` pads those per role and hashes each text's tokens (so
+duplicate texts can be masked as false negatives); `Batch` is the typed view of a collated batch, whose
+`loss_kwargs()` is the one place that turns embeddings + batch into a loss's keyword arguments — for the plain
+path (`Batch.embed` then the loss) and for GradCache (`CachedLoss`) alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+# Texts that are embedded; "negatives" is a list of texts per row, flattened for the encoder.
+EMBEDDED_ROLES = ("anchor", "positive", "negative", "negatives")
+# Texts that are only compared, never embedded: every known positive of the row's query, so that none of them
+# is used as a negative for that row (a query with several relevant documents).
+MASKING_ROLES = ("known_positives",)
+TEXT_ROLES = EMBEDDED_ROLES + MASKING_ROLES
+LIST_ROLES = ("negatives", "known_positives")
+VALUE_ROLES = ("score", "label")
+ROLES = TEXT_ROLES + VALUE_ROLES
+
+# Loss arguments that are hints (duplicate / false-negative masking): given to a loss only if it takes them.
+_TEXT_ID_ARGUMENTS = {"anchor": "anchor_ids", "positive": "positive_ids", "negative": "negative_ids",
+                      "negatives": "negative_ids", "known_positives": "known_positive_ids"}
+_OPTIONAL_ARGUMENTS = frozenset(_TEXT_ID_ARGUMENTS.values())
+
+Features = dict[str, torch.Tensor]
+
+
+def token_column(role: str) -> str:
+    """The dataset column holding a text role's token ids (written once by tokenization)."""
+    return f"{role}_input_ids"
+
+
+@dataclass
+class Batch:
+    """A collated batch.
+
+    features: role -> {input_ids, attention_mask} for every embedded role; "negatives" is flattened to [M, T].
+    negatives_index: [B, K] row of the flattened negatives holding row b's k-th negative, -1 = padding.
+    text_hashes: role -> int64 hash of each text's token ids ([B]; [M] for negatives; [B, P] for
+        known_positives with -1 padding) — equal texts have equal hashes, for false-negative masking.
+    values: "score" / "label" -> [B] float32.
+    extras: further keyword arguments passed to the loss as they are (e.g. from a user calling CachedLoss).
+    """
+
+    features: dict[str, Features]
+    negatives_index: torch.Tensor | None = None
+    text_hashes: dict[str, torch.Tensor] = field(default_factory=dict)
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_inputs(cls, inputs: Mapping) -> Batch:
+        """The Batch behind a collated dict (the Trainer moves dicts, not dataclasses, to the device)."""
+        return cls(features=inputs["features"], negatives_index=inputs.get("negatives_index"),
+                   text_hashes=dict(inputs.get("text_hashes", {})),
+                   values={k: inputs[k] for k in VALUE_ROLES if k in inputs})
+
+    def as_inputs(self) -> dict:
+        inputs: dict = {"features": self.features, "text_hashes": self.text_hashes, **self.values}
+        if self.negatives_index is not None:
+            inputs["negatives_index"] = self.negatives_index
+        return inputs
+
+    def check(self) -> None:
+        if not self.features:
+            raise ValueError("the batch has no texts: pass {role: tokenized inputs} for at least one role")
+        if ("negatives" in self.features) != (self.negatives_index is not None):
+            raise ValueError("role 'negatives' (flattened [B*K, T] inputs) and negatives_index [B, K] go together: "
+                             f"got roles {sorted(self.features)} and negatives_index="
+                             f"{'set' if self.negatives_index is not None else None}")
+
+    def embed(self, model: Callable[..., torch.Tensor], single_forward: bool = True) -> dict[str, torch.Tensor]:
+        """Embed every role; with `single_forward`, one forward pass over all roles padded to one length."""
+        roles = list(self.features)
+        if not single_forward or len(roles) == 1:
+            return {role: model(**self.features[role]) for role in roles}
+        width = max(f["input_ids"].shape[1] for f in self.features.values())
+        stacked = {key: torch.cat([nn.functional.pad(self.features[r][key], (0, width - self.features[r][key].shape[1]))
+                                   for r in roles])
+                   for key in ("input_ids", "attention_mask")}
+        embeddings = model(**stacked)
+        sizes = [self.features[r]["input_ids"].shape[0] for r in roles]
+        return dict(zip(roles, torch.split(embeddings, sizes), strict=True))
+
+    def loss_kwargs(self, embeddings: Mapping[str, torch.Tensor], loss: nn.Module) -> dict:
+        """Keyword arguments for `loss`: embeddings by role (negatives as [B, K, D] + negatives_mask), score,
+        label, extras — all passed; text-hash masking hints only where the loss's forward takes them."""
+        arguments: dict = {}
+        for role, embedding in embeddings.items():
+            if role == "negatives":
+                index = self.negatives_index.to(embedding.device)
+                arguments["negatives"] = embedding[index.clamp(min=0)]
+                arguments["negatives_mask"] = index >= 0
+            else:
+                arguments[role] = embedding
+        arguments.update(self.values)
+        for role, hashes in self.text_hashes.items():
+            if role == "negatives":
+                index = self.negatives_index.to(hashes.device)
+                hashes = torch.where(index >= 0, hashes[index.clamp(min=0)], -1)
+            arguments[_TEXT_ID_ARGUMENTS[role]] = hashes
+        arguments.update(self.extras)
+        taken = _accepted(loss)
+        if taken is None:
+            return arguments
+        return {k: v for k, v in arguments.items() if k in taken or k not in _OPTIONAL_ARGUMENTS}
+
+
+def _accepted(loss: nn.Module) -> set[str] | None:
+    """The loss's keyword parameters, or None when it takes **kwargs (then it gets everything)."""
+    parameters = inspect.signature(loss.forward).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return set(parameters)
+
+
+class BatchCollator:
+    """Rows with `<role>_input_ids` token columns (+ score/label) -> the dict behind a `Batch`."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = Batch(features={})
+        for role in TEXT_ROLES:
+            column = token_column(role)
+            if column not in rows[0]:
+                continue
+            if role == "known_positives":
+                batch.text_hashes[role] = _padded_hashes([row[column] for row in rows])
+                continue
+            if role == "negatives":
+                sequences = [ids for row in rows for ids in row[column]]
+                batch.negatives_index = _flat_index([len(row[column]) for row in rows])
+            else:
+                sequences = [row[column] for row in rows]
+            batch.features[role] = self.pad(sequences)
+            batch.text_hashes[role] = torch.tensor([text_hash(s) for s in sequences], dtype=torch.long)
+        for name in VALUE_ROLES:
+            if name in rows[0]:
+                batch.values[name] = torch.tensor([float(row[name]) for row in rows], dtype=torch.float32)
+        return batch.as_inputs()
+
+    def pad(self, sequences: list[list[int]]) -> Features:
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, s in enumerate(sequences):
+            input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            attention_mask[i, : len(s)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def text_hash(token_ids: Sequence[int]) -> int:
+    """Equal token sequences give equal ids (used to mask duplicate texts as false negatives)."""
+    return hash(tuple(token_ids))
+
+
+def _flat_index(counts: list[int]) -> torch.Tensor:
+    index = torch.full((len(counts), max(counts)), -1, dtype=torch.long)
+    start = 0
+    for i, count in enumerate(counts):
+        index[i, :count] = torch.arange(start, start + count)
+        start += count
+    return index
+
+
+def _padded_hashes(lists: list[list[list[int]]]) -> torch.Tensor:
+    hashes = torch.full((len(lists), max(len(texts) for texts in lists)), -1, dtype=torch.long)
+    for i, texts in enumerate(lists):
+        for j, ids in enumerate(texts):
+            hashes[i, j] = text_hash(ids)
+    return hashes

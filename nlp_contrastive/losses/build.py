@@ -1,0 +1,57 @@
+"""Build a loss module from its recipe name and keyword arguments, and check it against the data's roles.
+
+Both run when a recipe is loaded, before any model or data is loaded: a misspelt kwarg or a loss that needs a
+role the data does not map fails at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+
+from torch import nn
+
+from nlp_contrastive.losses.cached import CachedLoss
+from nlp_contrastive.sources import check_known_keys
+
+# A list of hard negatives serves wherever one negative is expected, and the other way round.
+_ROLE_ALTERNATIVES = {"negative": {"negative", "negatives"}, "negatives": {"negative", "negatives"}}
+
+
+def build_loss(name: str, loss_kwargs: Mapping | None = None, *, cached: bool = False,
+               cache_mini_batch_size: int | None = 32, cache_max_tokens: int | None = None) -> nn.Module:
+    """The loss registered as `name` in `nlp_contrastive.losses.LOSSES`, wrapped in GradCache when `cached`."""
+    from nlp_contrastive.losses import LOSSES
+
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss '{name}': choose one of {', '.join(sorted(LOSSES))}")
+    parameters = inspect.signature(LOSSES[name].__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        check_known_keys(loss_kwargs or {}, [p for p in parameters if p != "self"], f"loss_kwargs for '{name}'")
+    try:
+        loss = LOSSES[name](**dict(loss_kwargs or {}))
+    except TypeError as exc:
+        raise ValueError(f"bad loss_kwargs for '{name}': {exc}") from None
+    if cached:
+        loss = CachedLoss(loss, mini_batch_size=cache_mini_batch_size, max_tokens_per_mini_batch=cache_max_tokens)
+    return loss
+
+
+def base_loss(loss: nn.Module) -> nn.Module:
+    """The loss itself, without the GradCache wrapper."""
+    return loss.loss if isinstance(loss, CachedLoss) else loss
+
+
+def check_loss_roles(loss: nn.Module, name: str, roles: Iterable[str], *, batch_size: int) -> None:
+    """Fail when the data lacks a role the loss needs, or a batch of `batch_size` rows gives no negatives."""
+    inner = base_loss(loss)
+    roles = set(roles)
+    available = roles | ({"negative"} if "negatives" in roles else set())
+    for role in getattr(inner, "roles", ()):
+        if not _ROLE_ALTERNATIVES.get(role, {role}) & available:
+            hint = " (a loss for unscored pairs such as info_nce fits this data)" if role == "score" else ""
+            raise ValueError(f"loss '{name}' needs a '{role}' column but train_data maps only {sorted(roles)}: "
+                             f"add {role}: <column> to columns{hint}")
+    if getattr(inner, "requires_in_batch_negatives", False) and batch_size < 2 and "negative" not in available:
+        raise ValueError(f"loss '{name}' uses in-batch negatives, so per_device_train_batch_size must be >= 2 "
+                         f"(got {batch_size}): raise it, or add hard negatives")
