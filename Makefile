@@ -10,7 +10,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install main train eval test test-fast lint bench bench-encode bench-eval bench-train bench-memory clean
+.PHONY: install main train eval test test-fast lint bench bench-encode bench-eval bench-train bench-memory clean \
+	scifact bench-retrieval
 
 install: $(VENV)/.installed
 
@@ -51,6 +52,16 @@ bench-train: install
 
 bench-memory: install
 	$(BIN)/python benchmarks/bench_memory.py
+
+# Retrieval end to end on BEIR SciFact: mine hard negatives on train -> train -> evaluate on SciFact test
+# (the recipe's final eval; MTEB's definitions). See recipes/scifact-hardneg.yaml for the settings.
+scifact: install
+	$(BIN)/nlp-contrastive mine --data $(NLPC_DATA_DIR)/scifact --split train --output outputs/scifact-mined/train.jsonl \
+		--num-negatives 3 --range-max 30 --relative-margin 0.05 --sampling top
+	$(BIN)/nlp-contrastive train recipes/scifact-hardneg.yaml --overwrite_output_dir true
+
+bench-retrieval: install
+	$(BIN)/python benchmarks/bench_retrieval.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
