@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from nlp_contrastive.evaluation.embedding import encode
 from nlp_contrastive.evaluation.retrieval import exact_top_k
-from nlp_contrastive.evaluation.retrieval_data import is_beir_folder, load_beir_folder
+from nlp_contrastive.evaluation.retrieval_data import is_beir_folder, load_beir
 from nlp_contrastive.files import write_atomic
 
 SAMPLING = ("top", "random")
@@ -124,7 +124,7 @@ def load_positives(data: str | Path, split: str = "train", *, query_column: str 
                    positive_column: str = "positive") -> RetrievalPositives:
     """A BEIR folder (qrels relevance >= 1 of `split`) or a pairs file (corpus = its distinct positives)."""
     if is_beir_folder(data):
-        queries, corpus, qrels = load_beir_folder(data, split)
+        queries, corpus, qrels = load_beir(str(data), split)
         positives = {q: [d for d, rel in judged.items() if rel >= 1] for q, judged in qrels.items()}
         where = f"{data} qrels/{split}.tsv"
     else:
@@ -149,6 +149,27 @@ def load_positives(data: str | Path, split: str = "train", *, query_column: str 
             positives.setdefault(qid, []).append(did)
         where = str(data)
     return check_positives(RetrievalPositives(queries, corpus, positives), where)
+
+
+def beir_positives(source: str, split: str) -> RetrievalPositives:
+    """Every relevance >= 1 judgment of a BEIR dataset's split (local folder or hub copy), checked."""
+    queries, corpus, qrels = load_beir(source, split)
+    positives = {q: [d for d, rel in judged.items() if rel >= 1] for q, judged in qrels.items()}
+    return check_positives(RetrievalPositives(queries, corpus, positives), f"{source} qrels {split}")
+
+
+def positive_pairs(data: RetrievalPositives) -> dict[str, list]:
+    """Training rows, one per (query, relevant document): query_id, query, positive, and known_positives (every
+    relevant document of the query, so none of them is ever used as its negative)."""
+    rows: dict[str, list] = {"query_id": [], "query": [], "positive": [], "known_positives": []}
+    for qid, doc_ids in data.positives.items():
+        texts = [data.corpus[d] for d in doc_ids]
+        for text in texts:
+            rows["query_id"].append(qid)
+            rows["query"].append(data.queries[qid])
+            rows["positive"].append(text)
+            rows["known_positives"].append(texts)
+    return rows
 
 
 def check_positives(data: RetrievalPositives, where: str) -> RetrievalPositives:

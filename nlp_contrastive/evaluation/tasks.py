@@ -21,11 +21,10 @@ from nlp_contrastive.evaluation.pair_classification import PairClassificationEva
 from nlp_contrastive.evaluation.reranking import RerankingEvaluator, RerankingSample, group_candidates
 from nlp_contrastive.evaluation.retrieval import RetrievalEvaluator
 from nlp_contrastive.evaluation.retrieval_data import (
-    beir_corpus,
+    beir_from_rows,
     is_beir_folder,
     load_beir_folder,
     pairs_to_retrieval,
-    qrels_from_rows,
 )
 from nlp_contrastive.evaluation.sts import STSEvaluator
 from nlp_contrastive.sources import SOURCE_KEYS, Source, check_known_keys, is_local_path
@@ -185,17 +184,7 @@ def _load_beir(spec: TaskSpec, source: str, remote: bool):
     corpus_rows = _load(spec, source, remote, "corpus", "corpus")
     query_rows = _load(spec, source, remote, "queries", "queries")
     qrel_rows = _load(spec, source, remote, spec.split, spec.config_name or "default")
-    for rows, needed, what in ((query_rows, ("_id", "text"), "queries"),
-                               (qrel_rows, ("query-id", "corpus-id", "score"), "qrels")):
-        missing = [c for c in needed if c not in rows.column_names]
-        if missing:
-            raise ValueError(f"task '{spec.name}': {what} of {source} have no column(s) {missing}: the BEIR layout "
-                             f"needs {', '.join(needed)}")
-    corpus = beir_corpus(corpus_rows, source=f"{source} corpus")
-    queries = {str(i): t for i, t in zip(query_rows["_id"][:], query_rows["text"][:], strict=True)}
-    qrels = qrels_from_rows(qrel_rows["query-id"][:], qrel_rows["corpus-id"][:], qrel_rows["score"][:],
-                            f"{source} qrels")
-    return queries, corpus, qrels
+    return beir_from_rows(corpus_rows, query_rows, qrel_rows, source=f"task '{spec.name}': {source}")
 
 
 def _columns(spec: TaskSpec, rows) -> dict[str, list]:
