@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
 
 from nlp_contrastive import pipeline
 from nlp_contrastive.config import load_recipe
+from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.trainer import ContrastiveTrainer
 
 
@@ -52,10 +52,11 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
         if resume is None:
             raise FileNotFoundError(f"no checkpoint-N folder in '{args.output_dir}' to resume from")
     train_output = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(args.output_dir)  # every rank: FSDP / DeepSpeed gather the full weights collectively
     if not trainer.is_world_process_zero():
         return 0
-    output_dir = Path(args.output_dir)
-    encoder.save_pretrained(output_dir)
+    if trainer.is_fsdp_enabled:  # the live model is sharded: evaluate the saved full one on rank 0 alone
+        encoder = Encoder.from_pretrained(args.output_dir)
     pipeline.finish_run(recipe, encoder, loss, train_ds, train_output, trainer.state.log_history, started,
                         push_requested)
     return 0

@@ -21,7 +21,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from nlp_contrastive.cached import CachedLoss
+from nlp_contrastive.cached import CachedLoss, accelerator_sync
 from nlp_contrastive.data import TEXT_ROLES
 from nlp_contrastive.modeling import Encoder
 
@@ -147,6 +147,11 @@ class ContrastiveTrainer(Trainer):
         eval_dataset = ["suite"] if evaluator is not None else None
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=None, **kwargs)
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None) if self.is_deepspeed_enabled else None
+        if isinstance(loss, CachedLoss) and plugin is not None and plugin.zero_stage >= 2:
+            raise ValueError(f"cached: true (GradCache) cannot run under DeepSpeed ZeRO stage {plugin.zero_stage}: "
+                             "ZeRO >= 2 reduces each gradient once per backward, GradCache backpropagates once per "
+                             "mini-batch; use zero_stage: 1, DDP (recipes/accelerate/ddp.yaml) or FSDP")
 
     # --------------------------------------------------------------------------------------------- data
     def _remove_unused_columns(self, dataset, description=None):
@@ -170,7 +175,8 @@ class ContrastiveTrainer(Trainer):
         features = inputs["features"]
         if isinstance(self.loss, CachedLoss):  # embeds by itself, in mini-batches
             extras = accepted_arguments(self.loss.loss, batch_extras(inputs))
-            loss = self.loss(model, features, negatives_index=inputs.get("negatives_index"), **extras)
+            loss = self.loss(model, features, negatives_index=inputs.get("negatives_index"),
+                             gradient_sync=accelerator_sync(self.accelerator, model), **extras)
         else:
             embeddings = embed_roles(model, features, self.single_forward)
             loss = self.loss(**loss_arguments(self.loss, embeddings, inputs))
@@ -178,12 +184,16 @@ class ContrastiveTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------- saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Checkpoints in sentence-transformers format, so any checkpoint is a usable model."""
+        """Checkpoints in sentence-transformers format, so any checkpoint is a usable model.
+
+        Under FSDP / DeepSpeed, `save_model` gathers the full `state_dict` on every rank first (a collective);
+        it is what gets written, since the local parameters are only this rank's shards.
+        """
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
         encoder: Encoder = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        encoder.save_pretrained(output_dir)
+        encoder.save_pretrained(output_dir, state_dict=state_dict)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _get_output_dir(self, trial) -> str:
