@@ -244,12 +244,26 @@ class ContrastiveTrainer(Trainer):
 
     # --------------------------------------------------------------------------------------- evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Run the evaluator on the unwrapped encoder; `<prefix>_score` is its primary metric."""
+        """Run the evaluator on the unwrapped encoder; `<prefix>_score` is its primary metric.
+
+        Always in fp32, as `nlp-contrastive eval` on the saved model runs: under bf16/fp16 training accelerate
+        patches an autocast into the encoder's forward, which is set aside for the evaluation, so results.json,
+        the model card and the best-checkpoint choice are the numbers a user reproduces.
+        """
         if self.evaluator is None:
             return {}
         encoder = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        # Every rank evaluates (same data, same weights), so best-model decisions agree across processes.
-        results = self.evaluator(encoder)
+        autocast_forward = encoder.__dict__.get("forward")
+        original_forward = encoder.__dict__.get("_original_forward")
+        if autocast_forward is not None and original_forward is not None:
+            encoder.forward = original_forward
+        try:
+            # Every rank evaluates (same data, same weights), so best-model decisions agree across processes.
+            with torch.autocast(encoder.device.type, enabled=False):
+                results = self.evaluator(encoder)
+        finally:
+            if autocast_forward is not None and original_forward is not None:
+                encoder.forward = autocast_forward
         metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in results.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

@@ -186,3 +186,21 @@ def test_crash_while_writing_a_checkpoint_leaves_no_partial_checkpoint(dropout_m
     assert (out / "checkpoint-3" / "trainer_state.json").exists()
     assert not (out / "checkpoint-6").exists()
     assert get_last_checkpoint(str(out)) == str(out / "checkpoint-3")
+
+
+def test_eval_during_bf16_training_equals_cli_eval_of_the_saved_model(tiny_model_dir, tmp_path, data_dir):
+    """results.json / best-checkpoint numbers are the ones `nlp-contrastive eval` reproduces: fp32, not bf16."""
+    from nlp_contrastive.cli import main as cli_main
+
+    task = "[{name: STSBenchmark, type: sts, dataset: stsb, split: test, score_range: [0, 5]}]"
+    out = tmp_path / "o"
+    overrides = tiny_overrides(str(tiny_model_dir), out, "--max_steps", "2", "--bf16", "true", "--eval_tasks", task,
+                               "--eval_strategy", "steps", "--eval_steps", "2", "--eval_batch_size", "64")
+    assert main([COSINE, *overrides]) == 0
+    history = json.loads((out / "training_run.json").read_text())["log_history"]
+    during = [e["eval_STSBenchmark_spearman_cosine"] for e in history if "eval_STSBenchmark_spearman_cosine" in e]
+    assert len(during) == 1
+    assert cli_main(["eval", "--model", str(out), "--suite", str(REPO_ROOT / "eval" / "sts.yaml"), "--tasks",
+                     "STSBenchmark", "--batch-size", "64", "--output", str(tmp_path / "r.json")]) == 0
+    after = json.loads((tmp_path / "r.json").read_text())["STSBenchmark"]["spearman_cosine"]
+    assert abs(during[0] - after) < 1e-6, (during[0], after)
