@@ -251,3 +251,22 @@ def test_several_epochs_run_every_step_and_learn(tiny_model_dir, tmp_path, data_
     assert history[-1]["epoch"] == pytest.approx(3.0)
     first_epoch, last_epoch = (sum(e["loss"] for e in steps[i:i + 2]) / 2 for i in (0, 4))
     assert last_epoch < first_epoch, (first_epoch, last_epoch)  # the same 16 rows: the loss must go down
+
+
+def test_save_writes_the_state_dict_the_trainer_gathered(tiny_model_dir, tmp_path):
+    """Under FSDP / DeepSpeed, Trainer.save_model gathers the full weights and hands them to `_save`; the local
+    parameters are shards there, so `_save` must write the given state dict, not the live model."""
+    from nlp_contrastive.losses import CosineSimilarityLoss
+    from nlp_contrastive.modeling import Encoder
+    from nlp_contrastive.trainer import ContrastiveTrainer, ContrastiveTrainingArguments
+
+    encoder = Encoder.from_pretrained(str(tiny_model_dir))
+    args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none")
+    trainer = ContrastiveTrainer(encoder, args, CosineSimilarityLoss(), train_dataset=[{"anchor_input_ids": [1]}])
+    gathered = {name: tensor + 1.0 for name, tensor in encoder.state_dict().items() if tensor.is_floating_point()}
+    trainer._save(str(tmp_path / "saved"), state_dict=gathered)
+    saved = load_file(tmp_path / "saved" / "model.safetensors")
+    assert sorted(saved) == sorted(k.removeprefix("model.") for k in gathered)
+    for name, tensor in gathered.items():
+        assert torch.equal(saved[name.removeprefix("model.")], tensor), name
+    assert Encoder.from_pretrained(str(tmp_path / "saved")).encode(["hello"]).shape == (1, 32)
