@@ -65,3 +65,14 @@ bench-retrieval: install
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# The lower bounds of pyproject.toml for transformers and accelerate, laid over the dev venv (--no-deps, first on
+# PYTHONPATH), then the trainer's fast tests. Change MIN_VERSIONS together with pyproject.toml.
+MIN_VERSIONS ?= transformers==5.19.0 accelerate==1.3.0
+MIN_VERSION_TESTS ?= tests/test_trainer.py
+.PHONY: test-min-versions
+test-min-versions: install
+	rm -rf $(VENV)/min-versions
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --target $(VENV)/min-versions $(MIN_VERSIONS)
+	PYTHONPATH=$(abspath $(VENV))/min-versions:$(CURDIR) $(BIN)/python -c "import transformers, accelerate; print('transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
+	PYTHONPATH=$(abspath $(VENV))/min-versions:$(CURDIR) $(BIN)/python -m pytest -q -m "not slow" $(MIN_VERSION_TESTS)

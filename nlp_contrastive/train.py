@@ -55,10 +55,12 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
         single_forward=recipe.loss.single_forward, callbacks=callbacks,
     )
     train_output = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(args))
+    trainer.save_model(args.output_dir)  # every rank: FSDP / DeepSpeed gather the full weights collectively
     if not trainer.is_world_process_zero():
         return 0
     output_dir = Path(args.output_dir)
-    encoder.save_pretrained(output_dir)
+    if trainer.is_fsdp_enabled:  # the live model is sharded: evaluate the saved full one on rank 0 alone
+        encoder = Encoder.from_pretrained(output_dir)
     final_evaluation(recipe, encoder, output_dir)
     record = build_run_record(recipe, loss, [len(s) for s in sources], len(train_ds), train_output,
                               trainer.state.log_history, started)
