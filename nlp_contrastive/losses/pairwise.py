@@ -80,7 +80,13 @@ def cosent(a: Tensor, b: Tensor, score: Tensor, *, temperature: float = DEFAULT_
     score = check_values("score", score, a.shape[0])
     with autocast_off(a.device):
         cos = pairwise_similarity(at_least_float32(a), at_least_float32(b), "cosine") / tau
-    differences = cos.unsqueeze(0) - cos.unsqueeze(1)  # [i, j] = (cos_j - cos_i) / t
+    return ranked_pairs_loss(cos, score)
+
+
+def ranked_pairs_loss(similarities: Tensor, score: Tensor) -> Tensor:
+    """log(1 + sum_{score_i > score_j} exp(s_j - s_i)) for already-scaled similarities s [B] (the CoSENT form,
+    shared with AnglE)."""
+    differences = similarities.unsqueeze(0) - similarities.unsqueeze(1)  # [i, j] = s_j - s_i
     ordered = score.unsqueeze(1) > score.unsqueeze(0)  # pairs where score_i > score_j
     terms = differences.masked_fill(~ordered, torch.finfo(differences.dtype).min)
     return torch.logsumexp(torch.cat([terms.new_zeros(1), terms.reshape(-1)]), dim=0)
