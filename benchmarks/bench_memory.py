@@ -2,8 +2,10 @@
 
 Each configuration runs in a fresh process (peak RSS is per process and never goes down) doing `--steps` full
 training steps (forward, backward, AdamW step) of the bundled all-MiniLM-L6-v2 on STS-B sentence pairs, and
-reports its peak RSS (getrusage ru_maxrss), the peak right after loading (model + libraries) and the difference.
-Target: cached-1024 peak <= 1.3 x plain-64 peak.
+reports its peak RSS (getrusage ru_maxrss), the peak right after loading (model + libraries, ~1.1 GB that both
+share) and the difference: the memory training itself adds (activations, gradients, optimizer state). The ratio
+and its target compare that training memory, not whole-process RSS, which the libraries dominate.
+Target: cached-1024 training memory <= 1.3 x plain-64 training memory.
 
 Only short pairs (both sentences <= --max-length tokens) are used: activation memory follows the widest
 mini-batch, and the widest of 32 cached mini-batches drawn from all STS-B lengths is ~2x wider than a single
@@ -103,9 +105,10 @@ def main() -> None:
         print(f"{r['name']:<8} {r['batch']:>12} {str(r['mini_batch'] or '-'):>10} {r['peak_mib']:>13.0f} "
               f"{r['after_load_mib']:>15.0f} {r['peak_mib'] - r['after_load_mib']:>13.0f} {r['seconds_per_step']:>7.1f}")
     plain, cached = results["plain"], results["cached"]
-    ratio = cached["peak_mib"] / plain["peak_mib"]
-    print(f"peak RSS ratio cached-{cached['batch']} / plain-{plain['batch']}: {ratio:.2f} "
-          f"(target <= {TARGET_RATIO}: {'OK' if ratio <= TARGET_RATIO else 'FAILED'})")
+    ratio = (cached["peak_mib"] - cached["after_load_mib"]) / (plain["peak_mib"] - plain["after_load_mib"])
+    print(f"training-memory ratio cached-{cached['batch']} / plain-{plain['batch']}: {ratio:.2f} "
+          f"(target <= {TARGET_RATIO}: {'OK' if ratio <= TARGET_RATIO else 'FAILED'}); whole-process peak RSS ratio "
+          f"{cached['peak_mib'] / plain['peak_mib']:.2f}")
     sys.exit(0 if ratio <= TARGET_RATIO else 1)
 
 
