@@ -40,6 +40,7 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs, cached=recipe.loss.cached,
                       cache_mini_batch_size=recipe.loss.cache_mini_batch_size,
                       cache_max_tokens=recipe.loss.cache_max_tokens)
+    encoder.matryoshka_dims = check_matryoshka_dims(loss, encoder.dimension)
     sources = data.build_train_sources(recipe.data.train_data)
     train_ds = data.concatenate(sources, max_rows=recipe.data.max_train_rows)
     train_ds = data.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
@@ -77,6 +78,18 @@ def build_encoder(cfg: config.ModelConfig) -> Encoder:
                                    max_seq_length=cfg.max_seq_length, **kwargs)
 
 
+def check_matryoshka_dims(loss, dimension: int) -> list[int] | None:
+    """The Matryoshka dims of the loss (also inside GradCache), checked against the encoder's size; None if
+    the loss is not Matryoshka."""
+    from nlp_contrastive.losses.matryoshka import MatryoshkaLoss
+
+    wrapper = next((m for m in loss.modules() if isinstance(m, MatryoshkaLoss)), None)
+    if wrapper is None:
+        return None
+    wrapper.check_embedding_dim(dimension)
+    return list(wrapper.dims)
+
+
 def _checkpoint_to_resume(args) -> str | bool | None:
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):
@@ -93,6 +106,8 @@ def final_evaluation(recipe: config.Recipe, encoder: Encoder, output_dir: Path) 
     from nlp_contrastive.evaluation.suite import format_table, load_suite
 
     suite = load_suite({"tasks": recipe.eval.final_eval_tasks, "batch_size": recipe.eval.eval_batch_size})
+    if encoder.matryoshka_dims:  # every task at full size and at each smaller trained dimension
+        suite = suite.at_dimensions([None, *(d for d in encoder.matryoshka_dims if d < encoder.dimension)])
     results = suite(encoder)
     write_results(output_dir, results, suite.describe())
     print(format_table(results), flush=True)
