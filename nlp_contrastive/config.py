@@ -43,6 +43,7 @@ class ModelConfig:
     normalize: bool | None = None  # None: as saved with the model
     max_seq_length: int | None = None
     attn_implementation: str | None = None  # e.g. "sdpa", "eager"; None lets transformers choose
+    include_prompt: bool | None = None  # pool prompt tokens too (sentence-transformers' default); None: as saved
 
 
 @dataclass
@@ -56,6 +57,9 @@ class DataConfig:
     """
 
     train_data: list[dict] = field(default_factory=list)
+    # {role: prompt} prepended to every source's texts (a source's own `prompts` win), e.g. {anchor: "query: ",
+    # positive: "passage: "}; saved with the model (anchor's as "query", positive's as "document").
+    prompts: dict = field(default_factory=dict)
     batch_sampler: str = "random"  # random | no_duplicates | group_by_length
     max_train_rows: int | None = None
     tokenize_num_proc: int | None = None
@@ -144,11 +148,16 @@ def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
 def check_recipe(recipe: Recipe) -> None:
     """Every check that needs no model and no data: sources, sampler, loss and its kwargs against the roles the
     sources map, evaluation settings."""
-    from nlp_contrastive.data import train_source
+    from nlp_contrastive.data import check_prompts, train_source
     from nlp_contrastive.losses.build import build_loss, check_loss_roles
     from nlp_contrastive.sampling import check_batch_sampler
 
     sources = [train_source(spec, i) for i, spec in enumerate(recipe.data.train_data)]
+    check_prompts(recipe.data.prompts)
+    has_prompts = recipe.data.prompts or any(spec.get("prompts") for spec in recipe.data.train_data)
+    if has_prompts and recipe.model.include_prompt is False:
+        raise ValueError("include_prompt: false (prompt tokens left out of the pooling) is applied when encoding, "
+                         "but training with prompts does not support it yet: set include_prompt: true (the default)")
     check_batch_sampler(recipe.data.batch_sampler)
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs)
     args = recipe.training

@@ -41,7 +41,8 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
                       cache_mini_batch_size=recipe.loss.cache_mini_batch_size,
                       cache_max_tokens=recipe.loss.cache_max_tokens)
     encoder.matryoshka_dims = check_matryoshka_dims(loss, encoder.dimension)
-    sources = data.build_train_sources(recipe.data.train_data)
+    encoder.prompts.update(saved_prompts(recipe.data.prompts))
+    sources = data.build_train_sources(recipe.data.train_data, prompts=recipe.data.prompts)
     train_ds = data.concatenate(sources, max_rows=recipe.data.max_train_rows)
     train_ds = data.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
                                    num_proc=recipe.data.tokenize_num_proc)
@@ -50,7 +51,8 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
     trainer = ContrastiveTrainer(
         encoder, args, loss, train_dataset=train_ds,
-        evaluator=training_evaluator(recipe.eval.eval_tasks, recipe.eval.eval_batch_size),
+        evaluator=training_evaluator(with_prompts(recipe.eval.eval_tasks, recipe.data.prompts),
+                                     recipe.eval.eval_batch_size),
         batch_sampler_factory=batch_sampler_factory(recipe.data.batch_sampler),
         single_forward=recipe.loss.single_forward, callbacks=callbacks,
     )
@@ -74,8 +76,40 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
 
 def build_encoder(cfg: config.ModelConfig) -> Encoder:
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
-    return Encoder.from_pretrained(cfg.model_name_or_path, pooling=cfg.pooling, normalize=cfg.normalize,
-                                   max_seq_length=cfg.max_seq_length, **kwargs)
+    encoder = Encoder.from_pretrained(cfg.model_name_or_path, pooling=cfg.pooling, normalize=cfg.normalize,
+                                      max_seq_length=cfg.max_seq_length, **kwargs)
+    if cfg.include_prompt is not None:
+        encoder.include_prompt = cfg.include_prompt
+    return encoder
+
+
+def saved_prompts(prompts: dict) -> dict[str, str]:
+    """The recipe's prompts under the names sentence-transformers users pass as `prompt_name`: each role's own
+    name, plus "query" (anchor) and "document" (positive)."""
+    saved = dict(prompts)
+    for role, alias in (("anchor", "query"), ("positive", "document")):
+        if role in prompts:
+            saved.setdefault(alias, prompts[role])
+    return saved
+
+
+def with_prompts(tasks: list[dict], prompts: dict) -> list[dict]:
+    """Eval tasks without their own `prompts` get the training prompts: query/sentence1 the anchor's,
+    document/sentence2 the positive's — the texts are embedded as in training."""
+    if not prompts:
+        return tasks
+    by_type = {"sts": ("sentence1", "sentence2"), "pair_classification": ("sentence1", "sentence2"),
+               "reranking": ("query", "document"), "retrieval": ("query", "document")}
+    out = []
+    for task in tasks:
+        roles = by_type.get(task.get("type"))
+        if "prompts" in task or roles is None:
+            out.append(task)
+            continue
+        mapped = {role: prompts[source] for role, source in zip(roles, ("anchor", "positive"), strict=True)
+                  if source in prompts}
+        out.append({**task, "prompts": mapped} if mapped else task)
+    return out
 
 
 def check_matryoshka_dims(loss, dimension: int) -> list[int] | None:
@@ -105,7 +139,8 @@ def final_evaluation(recipe: config.Recipe, encoder: Encoder, output_dir: Path) 
         return {}
     from nlp_contrastive.evaluation.suite import format_table, load_suite
 
-    suite = load_suite({"tasks": recipe.eval.final_eval_tasks, "batch_size": recipe.eval.eval_batch_size})
+    suite = load_suite({"tasks": with_prompts(recipe.eval.final_eval_tasks, recipe.data.prompts),
+                        "batch_size": recipe.eval.eval_batch_size})
     if encoder.matryoshka_dims:  # every task at full size and at each smaller trained dimension
         suite = suite.at_dimensions([None, *(d for d in encoder.matryoshka_dims if d < encoder.dimension)])
     results = suite(encoder)
