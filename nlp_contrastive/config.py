@@ -60,7 +60,12 @@ class DataConfig:
     # {role: prompt} prepended to every source's texts (a source's own `prompts` win), e.g. {anchor: "query: ",
     # positive: "passage: "}; saved with the model (anchor's as "query", positive's as "document").
     prompts: dict = field(default_factory=dict)
-    batch_sampler: str = "random"  # random | no_duplicates | group_by_length
+    batch_sampler: str = "random"  # random | no_duplicates | group_by_length (inside each source, with the next)
+    # Several sources: null mixes their rows (as one dataset); proportional | round_robin | weighted | temperature
+    # makes every batch come from one source (nlp_contrastive.sampling.MultiDatasetBatchSampler).
+    multi_dataset_sampling: str | None = None
+    source_weights: list[float] | None = None  # weighted: one per train_data entry
+    sampling_temperature: float = 1.0  # temperature: source s drawn with probability ∝ rows_s ** (1 / T)
     max_train_rows: int | None = None
     tokenize_num_proc: int | None = None
 
@@ -150,7 +155,7 @@ def check_recipe(recipe: Recipe) -> None:
     sources map, evaluation settings."""
     from nlp_contrastive.data import check_prompts, train_source
     from nlp_contrastive.losses.build import build_loss, check_loss_roles
-    from nlp_contrastive.sampling import check_batch_sampler
+    from nlp_contrastive.sampling import check_batch_sampler, check_multi_dataset_sampling
 
     sources = [train_source(spec, i) for i, spec in enumerate(recipe.data.train_data)]
     check_prompts(recipe.data.prompts)
@@ -159,6 +164,8 @@ def check_recipe(recipe: Recipe) -> None:
         raise ValueError("include_prompt: false (prompt tokens left out of the pooling) is applied when encoding, "
                          "but training with prompts does not support it yet: set include_prompt: true (the default)")
     check_batch_sampler(recipe.data.batch_sampler)
+    check_multi_dataset_sampling(recipe.data.multi_dataset_sampling, recipe.data.source_weights,
+                                 recipe.data.sampling_temperature, len(sources))
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs)
     args = recipe.training
     if sources:
@@ -325,17 +332,30 @@ def _plain(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------ printed at start
-def derived_numbers(recipe: Recipe, train_rows: int, hard_negatives_per_row: int) -> dict[str, Any]:
-    """What the recipe implies: processes, global batch, optimizer steps, negatives per query (InfoNCE)."""
+def derived_numbers(recipe: Recipe, train_rows: int, hard_negatives_per_row: int,
+                    source_rows: list[int] | None = None) -> dict[str, Any]:
+    """What the recipe implies: processes, global batch, optimizer steps, negatives per query (InfoNCE), and with
+    multi_dataset_sampling the batches per epoch from each source (`source_rows`: rows of each train_data entry)."""
     args = recipe.training
     world = args.world_size
     per_step = args.per_device_train_batch_size * world
     global_batch = per_step * args.gradient_accumulation_steps
     batches_per_epoch = train_rows // per_step if args.dataloader_drop_last else math.ceil(train_rows / per_step)
+    per_source = None
+    if recipe.data.multi_dataset_sampling and source_rows:
+        from nlp_contrastive.sampling import batches_per_source
+
+        per_source = batches_per_source(source_rows, per_step, recipe.data.multi_dataset_sampling,
+                                        weights=recipe.data.source_weights,
+                                        temperature=recipe.data.sampling_temperature,
+                                        drop_last=args.dataloader_drop_last)
+        batches_per_epoch = round(sum(per_source))
     steps = args.max_steps if args.max_steps > 0 else math.ceil(
         batches_per_epoch / args.gradient_accumulation_steps * args.num_train_epochs)
     numbers = {"processes": world, "train_rows": train_rows, "global_batch_size": global_batch,
                "optimizer_steps": steps}
+    if per_source is not None:
+        numbers["batches_per_epoch_per_source"] = {f"train_data[{i}]": n for i, n in enumerate(per_source)}
     if recipe.loss.loss == "info_nce":
         in_batch = per_step if recipe.loss_gathers() else args.per_device_train_batch_size
         hard = hard_negatives_per_row

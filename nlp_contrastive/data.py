@@ -373,7 +373,12 @@ def hard_negatives_per_row(ds: datasets.Dataset) -> int:
     return int("negative" in ds.column_names)
 
 
-def concatenate(parts: Sequence[datasets.Dataset], *, max_rows: int | None = None) -> datasets.Dataset:
+def concatenate(parts: Sequence[datasets.Dataset], *, max_rows: int | None = None,
+                keep_sources: bool = False) -> datasets.Dataset:
+    """One dataset of all sources; `keep_sources` adds a `source` column (the train_data index of each row) for
+    samplers that draw each batch from one source."""
+    if keep_sources:
+        parts = [part.add_column("source", [i] * len(part)) for i, part in enumerate(parts)]
     ds = datasets.concatenate_datasets(list(parts)) if len(parts) > 1 else parts[0]
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))

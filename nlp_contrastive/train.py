@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from transformers.trainer_utils import get_last_checkpoint
 
 from nlp_contrastive import config, data
@@ -43,17 +44,22 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     encoder.matryoshka_dims = check_matryoshka_dims(loss, encoder.dimension)
     encoder.prompts.update(saved_prompts(recipe.data.prompts))
     sources = data.build_train_sources(recipe.data.train_data, prompts=recipe.data.prompts)
-    train_ds = data.concatenate(sources, max_rows=recipe.data.max_train_rows)
+    multi = recipe.data.multi_dataset_sampling
+    train_ds = data.concatenate(sources, max_rows=recipe.data.max_train_rows, keep_sources=multi is not None)
     train_ds = data.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
                                    num_proc=recipe.data.tokenize_num_proc)
     if args.should_log:
-        config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), data.hard_negatives_per_row(train_ds)))
+        source_rows = list(np.bincount(train_ds["source"][:], minlength=len(sources))) if multi else None
+        config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), data.hard_negatives_per_row(train_ds),
+                                                             source_rows=source_rows))
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
     trainer = ContrastiveTrainer(
         encoder, args, loss, train_dataset=train_ds,
         evaluator=training_evaluator(with_prompts(recipe.eval.eval_tasks, recipe.data.prompts),
                                      recipe.eval.eval_batch_size),
-        batch_sampler_factory=batch_sampler_factory(recipe.data.batch_sampler),
+        batch_sampler_factory=batch_sampler_factory(recipe.data.batch_sampler, multi,
+                                                    source_weights=recipe.data.source_weights,
+                                                    sampling_temperature=recipe.data.sampling_temperature),
         single_forward=recipe.loss.single_forward, callbacks=callbacks,
     )
     train_output = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(args))
