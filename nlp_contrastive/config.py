@@ -44,6 +44,10 @@ class ModelConfig:
     max_seq_length: int | None = None
     attn_implementation: str | None = None  # e.g. "sdpa", "eager"; None lets transformers choose
     include_prompt: bool | None = None  # pool prompt tokens too (sentence-transformers' default); None: as saved
+    # LoRA adapters (peft, `pip install 'nlp-contrastive[lora]'`): {r, alpha, dropout, target_modules}; only the
+    # adapters train; the output is an adapter folder, or the merged model with lora_merge: true.
+    lora: dict | None = None
+    lora_merge: bool = False
 
 
 @dataclass
@@ -158,6 +162,7 @@ def check_recipe(recipe: Recipe) -> None:
     from nlp_contrastive.sampling import check_batch_sampler, check_multi_dataset_sampling
 
     sources = [train_source(spec, i) for i, spec in enumerate(recipe.data.train_data)]
+    check_lora(recipe.model)
     check_prompts(recipe.data.prompts)
     has_prompts = recipe.data.prompts or any(spec.get("prompts") for spec in recipe.data.train_data)
     if has_prompts and recipe.model.include_prompt is False:
@@ -176,6 +181,27 @@ def check_recipe(recipe: Recipe) -> None:
         raise ValueError(f"eval_strategy is '{eval_strategy}' but eval_tasks is empty: add "
                          "eval_tasks (e.g. [{name: stsb-validation, type: sts, dataset: stsb, split: validation}]) "
                          "or set eval_strategy: 'no' (and load_best_model_at_end: false)")
+
+
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+
+
+def check_lora(cfg: ModelConfig) -> None:
+    if cfg.lora is None:
+        if cfg.lora_merge:
+            raise ValueError("lora_merge: true needs lora: {r: 8, alpha: 16, ...}: set lora or drop lora_merge")
+        return
+    check_known_keys(cfg.lora, LORA_KEYS, "lora")
+    r, alpha, dropout = cfg.lora.get("r", 8), cfg.lora.get("alpha", 16), cfg.lora.get("dropout", 0.0)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"lora r must be a positive integer (the adapter rank, e.g. 8), got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ValueError(f"lora alpha must be a number > 0 (e.g. 16), got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"lora dropout must be in [0, 1), got {dropout!r}")
+    from nlp_contrastive.modeling import import_peft
+
+    import_peft()
 
 
 def check_output_dir(args: TrainingArguments) -> None:

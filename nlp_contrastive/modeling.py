@@ -134,16 +134,19 @@ class Encoder(nn.Module):
         """Load our saves, any sentence-transformers folder, or a plain transformers model (mean pooling)."""
         path = resolve_model_path(str(name_or_path))
         st = read_sentence_transformers_layout(path) if os.path.isdir(path) else {}
-        if os.path.isdir(path) and not os.path.exists(os.path.join(path, st.get("transformer_path", ""),
-                                                                   "config.json")):
+        if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, st.get("transformer_path", ""), name))
+                                           for name in ("config.json", LORA_ADAPTER_CONFIG)):
             raise ValueError(
                 f"model path '{name_or_path}' is not a model folder: no config.json found; give a directory "
                 "saved by save_pretrained / SentenceTransformer.save / transformers' save_pretrained"
             )
         transformer_path = os.path.join(path, st.get("transformer_path", "")) if st else path
         try:
-            config = AutoConfig.from_pretrained(transformer_path)
-            model = AutoModel.from_pretrained(transformer_path, config=config, **model_kwargs)
+            if os.path.exists(os.path.join(transformer_path, LORA_ADAPTER_CONFIG)):
+                model = load_lora_model(transformer_path, **model_kwargs)
+            else:
+                config = AutoConfig.from_pretrained(transformer_path)
+                model = AutoModel.from_pretrained(transformer_path, config=config, **model_kwargs)
             tokenizer = AutoTokenizer.from_pretrained(transformer_path)
         except OSError as exc:
             raise ValueError(
@@ -210,6 +213,35 @@ class Encoder(nn.Module):
         if self.matryoshka_dims:
             st_config["matryoshka_dims"] = list(self.matryoshka_dims)  # extra key: sentence-transformers ignores it
         write_json(folder / "config_sentence_transformers.json", st_config)
+
+    # --------------------------------------------------------------------------------------------- LoRA
+    def add_lora(self, r: int = 8, alpha: float = 16, dropout: float = 0.0,
+                 target_modules: Sequence[str] | str | None = None) -> None:
+        """Wrap the transformer in peft LoRA adapters; only adapter weights train from here on, and
+        `save_pretrained` writes the adapter (adapter_config.json + adapter_model.safetensors, the folder
+        sentence-transformers and transformers load over the base model) unless `merge_lora()` was called."""
+        peft = import_peft()
+        if self.is_lora:
+            raise ValueError("the encoder already has LoRA adapters: add them once")
+        if os.path.isdir(getattr(self.model, "name_or_path", "") or ""):
+            self.model.name_or_path = os.path.abspath(self.model.name_or_path)  # the adapter's base_model path
+        config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                                 target_modules=list(target_modules) if isinstance(target_modules, (list, tuple))
+                                 else target_modules)
+        try:
+            self.model = peft.get_peft_model(self.model, config)
+        except ValueError as exc:
+            raise ValueError(f"lora: {str(exc).splitlines()[0]} (set target_modules to module names of "
+                             f"{type(self.model).__name__}, e.g. [query, value] for BERT)") from None
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def merge_lora(self) -> None:
+        """Fold the adapters into the weights: a plain transformers model again (saved whole)."""
+        if self.is_lora:
+            self.model = self.model.merge_and_unload()
 
     # ------------------------------------------------------------------------------------------ forward
     @property
@@ -327,6 +359,26 @@ class Encoder(nn.Module):
                 features = self.tokenizer.pad({k: [v[j] for j in picked] for k, v in encoded.items()},
                                               return_tensors="pt")
                 yield torch.tensor([rows[j] for j in picked], dtype=torch.long), features
+
+
+LORA_ADAPTER_CONFIG = "adapter_config.json"
+
+
+def import_peft():
+    try:
+        import peft
+    except ImportError:
+        raise ValueError("LoRA needs the peft package: pip install 'nlp-contrastive[lora]' (or pip install peft)"
+                         ) from None
+    return peft
+
+
+def load_lora_model(folder: str, **model_kwargs) -> PreTrainedModel:
+    """The base model named in the adapter's config with the saved adapter on top (still trainable as LoRA)."""
+    peft = import_peft()
+    base_path = peft.PeftConfig.from_pretrained(folder).base_model_name_or_path
+    base = AutoModel.from_pretrained(base_path, **model_kwargs)
+    return peft.PeftModel.from_pretrained(base, folder)
 
 
 def exclude_prompt(attention_mask: torch.Tensor, prompt_length: torch.Tensor | int) -> torch.Tensor:

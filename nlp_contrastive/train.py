@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from nlp_contrastive import config, data
@@ -37,6 +38,7 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     recipe = config.load_recipe(recipe_path, overrides)
     args = recipe.training
     config.check_output_dir(args)
+    set_seed(args.seed)  # LoRA adapters are initialised randomly when built (Trainer seeds again later)
     encoder = build_encoder(recipe.model)
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs, cached=recipe.loss.cached,
                       cache_mini_batch_size=recipe.loss.cache_mini_batch_size,
@@ -66,6 +68,8 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     if not trainer.is_world_process_zero():
         return 0
     output_dir = Path(args.output_dir)
+    if recipe.model.lora_merge:
+        encoder.merge_lora()
     encoder.save_pretrained(output_dir)
     final_evaluation(recipe, encoder, output_dir)
     record = build_run_record(recipe, loss, [len(s) for s in sources], len(train_ds), train_output,
@@ -86,6 +90,8 @@ def build_encoder(cfg: config.ModelConfig) -> Encoder:
                                       max_seq_length=cfg.max_seq_length, **kwargs)
     if cfg.include_prompt is not None:
         encoder.include_prompt = cfg.include_prompt
+    if cfg.lora is not None:
+        encoder.add_lora(**cfg.lora)
     return encoder
 
 
