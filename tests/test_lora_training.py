@@ -1,6 +1,5 @@
 """LoRA through the trainer: only adapter weights change; sentence-transformers loads the output, same embeddings."""
 
-import json
 
 import numpy as np
 import pytest
