@@ -264,8 +264,33 @@ def _evaluation(results: dict, results_meta: dict) -> str:
         blocks.append("\n".join(lines))
     if not blocks:
         return ""
+    per_dimension = _per_dimension_table(results, results_meta)
     return "\n\n".join(["## Evaluation", "Values are fractions (1.0 = perfect), rounded to 4 decimals; the "
-                        "`model-index` metadata above holds them unrounded.", *blocks])
+                        "`model-index` metadata above holds them unrounded.", *per_dimension, *blocks])
+
+
+def _per_dimension_table(results: dict, results_meta: dict) -> list[str]:
+    """Matryoshka runs evaluate `task` and `task@d`: one row per task, the primary metric per dimension."""
+    dims = sorted({m["truncate_dim"] for m in results_meta.values() if isinstance(m, dict) and m.get("truncate_dim")},
+                  reverse=True)
+    if not dims:
+        return []
+    rows = []
+    for task, meta in results_meta.items():
+        if not isinstance(meta, dict) or meta.get("truncate_dim") or task not in results:
+            continue
+        primary = meta.get("primary_metric")
+        cells = [results.get(name, {}).get(primary) for name in (task, *(f"{task}@{d}" for d in dims))]
+        if primary and any(_is_number(c) for c in cells[1:]):
+            rows.append(f"| {task} ({primary}) | " + " | ".join(_format_metric(c) if _is_number(c) else "-"
+                                                               for c in cells) + " |")
+    if not rows:
+        return []
+    header = "| Task | full | " + " | ".join(str(d) for d in dims) + " |"
+    return ["### Score per embedding dimension (Matryoshka)",
+            "The embeddings keep their quality when cut to a prefix: load with "
+            "`SentenceTransformer(model_id, truncate_dim=d)`.",
+            "\n".join([header, "|:--|" + "--:|" * (len(dims) + 1), *rows])]
 
 
 def _training_details(run: RunRecord) -> str:

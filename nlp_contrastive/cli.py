@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int,
                         help=f"encoding batch size (default: the suite's batch_size, else {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--truncate-dim", type=int, nargs="+", metavar="D",
+                        help="cut embeddings to their first D dimensions (Matryoshka); several values run every task "
+                             "at each D, named TASK@D")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -84,7 +88,18 @@ def suite_from_args(args: argparse.Namespace):
                                     "sentence1, sentence2 and score columns")
         tasks.append(TaskSpec(name=path.stem, type="sts", dataset=str(path), split="test"))
     suite = Suite(tasks, batch_size=args.batch_size or (base.batch_size if base else DEFAULT_BATCH_SIZE))
-    return suite.select(args.tasks) if args.tasks else suite
+    suite = suite.select(args.tasks) if args.tasks else suite
+    dims = getattr(args, "truncate_dim", None)
+    if dims:
+        bad = [d for d in dims if d < 1]
+        if bad:
+            raise ValueError(f"--truncate-dim must be positive integers, got {bad}")
+        if len(dims) == 1:
+            suite = Suite([dataclasses.replace(t, truncate_dim=dims[0]) for t in suite.tasks],
+                          batch_size=suite.batch_size, required=suite.required)
+        else:
+            suite = suite.at_dimensions(dims)
+    return suite
 
 
 def _load_encoder(model: str, device: str | None):

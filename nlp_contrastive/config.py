@@ -43,6 +43,11 @@ class ModelConfig:
     normalize: bool | None = None  # None: as saved with the model
     max_seq_length: int | None = None
     attn_implementation: str | None = None  # e.g. "sdpa", "eager"; None lets transformers choose
+    include_prompt: bool | None = None  # pool prompt tokens too (sentence-transformers' default); None: as saved
+    # LoRA adapters (peft, `pip install 'nlp-contrastive[lora]'`): {r, alpha, dropout, target_modules}; only the
+    # adapters train; the output is an adapter folder, or the merged model with lora_merge: true.
+    lora: dict | None = None
+    lora_merge: bool = False
 
 
 @dataclass
@@ -56,7 +61,15 @@ class DataConfig:
     """
 
     train_data: list[dict] = field(default_factory=list)
-    batch_sampler: str = "random"  # random | no_duplicates | group_by_length
+    # {role: prompt} prepended to every source's texts (a source's own `prompts` win), e.g. {anchor: "query: ",
+    # positive: "passage: "}; saved with the model (anchor's as "query", positive's as "document").
+    prompts: dict = field(default_factory=dict)
+    batch_sampler: str = "random"  # random | no_duplicates | group_by_length (inside each source, with the next)
+    # Several sources: null mixes their rows (as one dataset); proportional | round_robin | weighted | temperature
+    # makes every batch come from one source (nlp_contrastive.sampling.MultiDatasetBatchSampler).
+    multi_dataset_sampling: str | None = None
+    source_weights: list[float] | None = None  # weighted: one per train_data entry
+    sampling_temperature: float = 1.0  # temperature: source s drawn with probability ∝ rows_s ** (1 / T)
     max_train_rows: int | None = None
     tokenize_num_proc: int | None = None
 
@@ -144,12 +157,20 @@ def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
 def check_recipe(recipe: Recipe) -> None:
     """Every check that needs no model and no data: sources, sampler, loss and its kwargs against the roles the
     sources map, evaluation settings."""
-    from nlp_contrastive.data import train_source
+    from nlp_contrastive.data import check_prompts, train_source
     from nlp_contrastive.losses.build import build_loss, check_loss_roles
-    from nlp_contrastive.sampling import check_batch_sampler
+    from nlp_contrastive.sampling import check_batch_sampler, check_multi_dataset_sampling
 
     sources = [train_source(spec, i) for i, spec in enumerate(recipe.data.train_data)]
+    check_lora(recipe.model)
+    check_prompts(recipe.data.prompts)
+    has_prompts = recipe.data.prompts or any(spec.get("prompts") for spec in recipe.data.train_data)
+    if has_prompts and recipe.model.include_prompt is False:
+        raise ValueError("include_prompt: false (prompt tokens left out of the pooling) is applied when encoding, "
+                         "but training with prompts does not support it yet: set include_prompt: true (the default)")
     check_batch_sampler(recipe.data.batch_sampler)
+    check_multi_dataset_sampling(recipe.data.multi_dataset_sampling, recipe.data.source_weights,
+                                 recipe.data.sampling_temperature, len(sources))
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs)
     args = recipe.training
     if sources:
@@ -160,6 +181,27 @@ def check_recipe(recipe: Recipe) -> None:
         raise ValueError(f"eval_strategy is '{eval_strategy}' but eval_tasks is empty: add "
                          "eval_tasks (e.g. [{name: stsb-validation, type: sts, dataset: stsb, split: validation}]) "
                          "or set eval_strategy: 'no' (and load_best_model_at_end: false)")
+
+
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+
+
+def check_lora(cfg: ModelConfig) -> None:
+    if cfg.lora is None:
+        if cfg.lora_merge:
+            raise ValueError("lora_merge: true needs lora: {r: 8, alpha: 16, ...}: set lora or drop lora_merge")
+        return
+    check_known_keys(cfg.lora, LORA_KEYS, "lora")
+    r, alpha, dropout = cfg.lora.get("r", 8), cfg.lora.get("alpha", 16), cfg.lora.get("dropout", 0.0)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"lora r must be a positive integer (the adapter rank, e.g. 8), got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ValueError(f"lora alpha must be a number > 0 (e.g. 16), got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"lora dropout must be in [0, 1), got {dropout!r}")
+    from nlp_contrastive.modeling import import_peft
+
+    import_peft()
 
 
 def check_output_dir(args: TrainingArguments) -> None:
@@ -316,18 +358,30 @@ def _plain(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------ printed at start
-def derived_numbers(recipe: Recipe, train_rows: int, batches_per_epoch: int, hard_negatives_per_row: int
-                    ) -> dict[str, Any]:
+def derived_numbers(recipe: Recipe, train_rows: int, batches_per_epoch: int, hard_negatives_per_row: int,
+                    source_rows: list[int] | None = None) -> dict[str, Any]:
     """What the recipe implies: processes, global batch, optimizer steps (from the sampler's real number of
-    batches per epoch, rounded as the Trainer rounds it), negatives per query (InfoNCE)."""
+    batches per epoch, rounded as the Trainer rounds it), negatives per query (InfoNCE), and with
+    multi_dataset_sampling the batches per epoch from each source (`source_rows`: rows of each train_data entry)."""
     args = recipe.training
     world = args.world_size
     per_step = args.per_device_train_batch_size * world
     global_batch = per_step * args.gradient_accumulation_steps
+    per_source = None
+    if recipe.data.multi_dataset_sampling and source_rows:
+        from nlp_contrastive.sampling import batches_per_source
+
+        per_source = batches_per_source(source_rows, per_step, recipe.data.multi_dataset_sampling,
+                                        weights=recipe.data.source_weights,
+                                        temperature=recipe.data.sampling_temperature,
+                                        drop_last=args.dataloader_drop_last)
+        batches_per_epoch = round(sum(per_source))
     updates_per_epoch = max(math.ceil(batches_per_epoch / args.gradient_accumulation_steps), 1)
     steps = args.max_steps if args.max_steps > 0 else math.ceil(updates_per_epoch * args.num_train_epochs)
     numbers = {"processes": world, "train_rows": train_rows, "global_batch_size": global_batch,
                "optimizer_steps": steps}
+    if per_source is not None:
+        numbers["batches_per_epoch_per_source"] = {f"train_data[{i}]": n for i, n in enumerate(per_source)}
     if recipe.loss.loss == "info_nce":
         in_batch = per_step if recipe.loss_gathers() else args.per_device_train_batch_size
         hard = hard_negatives_per_row

@@ -296,9 +296,10 @@ def tokenize_roles(ds: datasets.Dataset, tokenizer, max_length: int, *, num_proc
 
 
 # ------------------------------------------------------------------------------ recipes' train_data specs
-# Besides the common source keys (nlp_contrastive.sources): `group_pairs`, and `layout: beir` for a BEIR dataset
-# (corpus, queries, qrels) given as a hub id; a local BEIR folder is recognised by itself.
-TRAIN_KEYS = ("group_pairs", "layout")
+# Besides the common source keys (nlp_contrastive.sources): `group_pairs`, `prompts`, and `layout: beir` for a
+# BEIR dataset (corpus, queries, qrels) given as a hub id; a local BEIR folder is recognised by itself.
+TRAIN_KEYS = ("group_pairs", "layout", "prompts")
+PROMPT_ROLES = ("anchor", "positive", "negative", "negatives")
 
 
 def train_source(spec: Mapping, position: int) -> Source:
@@ -309,15 +310,58 @@ def train_source(spec: Mapping, position: int) -> Source:
         raise ValueError(f"{where}: layout {spec['layout']!r} is not known: use layout: beir (or leave it out)")
     if not source.columns:
         raise ValueError(f"{where} needs 'columns' ({{role: column}}), e.g. {{anchor: sentence1, positive: sentence2}}")
+    check_prompts(spec.get("prompts"), f"{where} prompts")
     return source
 
 
-def build_train_sources(specs: Sequence[Mapping]) -> list[datasets.Dataset]:
-    """Load, filter, group and role-map every source of a recipe's `train_data` (same roles in each)."""
+def check_prompts(prompts, where: str = "prompts") -> dict[str, str]:
+    """{role: prompt} for embedded text roles, e.g. {anchor: "query: ", positive: "passage: "}."""
+    if not prompts:
+        return {}
+    if not isinstance(prompts, Mapping) or not all(isinstance(v, str) for v in prompts.values()):
+        raise ValueError(f"{where} must map text roles to prompt strings, e.g. {{anchor: 'query: ', positive: "
+                         f"'passage: '}}, got {prompts!r}")
+    unknown = [r for r in prompts if r not in PROMPT_ROLES]
+    if unknown:
+        raise ValueError(f"{where} names role(s) {unknown}: prompts apply to {', '.join(PROMPT_ROLES)}")
+    return dict(prompts)
+
+
+def role_prompts(recipe_prompts: Mapping[str, str] | None, source_prompts: Mapping[str, str] | None = None
+                 ) -> dict[str, str]:
+    """The prompt of every text role of one source: the source's own over the recipe's; negatives and
+    known_positives are documents like the positive unless given (known_positives must match positives
+    token for token, for false-negative masking)."""
+    prompts = {**(recipe_prompts or {}), **(source_prompts or {})}
+    if "positive" in prompts:
+        prompts.setdefault("negative", prompts["positive"])
+        prompts.setdefault("negatives", prompts["positive"])
+        prompts["known_positives"] = prompts["positive"]
+    return {role: prompt for role, prompt in prompts.items() if prompt}
+
+
+def apply_prompts(ds: datasets.Dataset, prompts: Mapping[str, str]) -> datasets.Dataset:
+    """Prepend each role's prompt to its texts (before tokenization, as sentence-transformers' encode does)."""
+    roles = [r for r in prompts if r in ds.column_names]
+    if not roles:
+        return ds
+
+    def prepend(batch):
+        return {role: [[prompts[role] + t for t in texts] if role in LIST_ROLES else prompts[role] + texts
+                       for texts in batch[role]] for role in roles}
+
+    return ds.map(prepend, batched=True, batch_size=1000, desc="Adding prompts")
+
+
+def build_train_sources(specs: Sequence[Mapping], *, prompts: Mapping[str, str] | None = None
+                        ) -> list[datasets.Dataset]:
+    """Load, filter, group and role-map every source of a recipe's `train_data` (same roles in each), with the
+    recipe's `prompts` (and each source's own) prepended to the texts."""
     if not specs:
         raise ValueError("train_data is empty: add at least one source, e.g. "
                          "[{dataset: stsb, columns: {anchor: sentence1, positive: sentence2, score: score}}]")
-    parts = [_build_source(spec, i) for i, spec in enumerate(specs)]
+    parts = [apply_prompts(_build_source(spec, i), role_prompts(prompts, spec.get("prompts")))
+             for i, spec in enumerate(specs)]
     roles = set(parts[0].column_names)
     for i, part in enumerate(parts[1:], start=1):
         if set(part.column_names) != roles:
@@ -341,7 +385,12 @@ def hard_negatives_per_row(ds: datasets.Dataset) -> int:
     return int("negative" in ds.column_names)
 
 
-def concatenate(parts: Sequence[datasets.Dataset], *, max_rows: int | None = None) -> datasets.Dataset:
+def concatenate(parts: Sequence[datasets.Dataset], *, max_rows: int | None = None,
+                keep_sources: bool = False) -> datasets.Dataset:
+    """One dataset of all sources; `keep_sources` adds a `source` column (the train_data index of each row) for
+    samplers that draw each batch from one source."""
+    if keep_sources:
+        parts = [part.add_column("source", [i] * len(part)) for i, part in enumerate(parts)]
     ds = datasets.concatenate_datasets(list(parts)) if len(parts) > 1 else parts[0]
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -98,7 +98,15 @@ class Encoder(nn.Module):
         pooling: str = "mean",
         normalize: bool = False,
         max_seq_length: int | None = None,
+        *,
+        prompts: Mapping[str, str] | None = None,
+        include_prompt: bool = True,
+        matryoshka_dims: Sequence[int] | None = None,
     ) -> None:
+        """`prompts` ({name: prompt}, e.g. {"query": "query: "}) are saved where sentence-transformers reads them
+        (`encode(..., prompt_name=...)`); `include_prompt` False leaves prompt tokens out of the pooling (as
+        sentence-transformers' Pooling(include_prompt=False)); `matryoshka_dims` records the prefix sizes the
+        model was trained for (saved in config_sentence_transformers.json; load with truncate_dim=d)."""
         super().__init__()
         if pooling not in POOLING_MODES:
             raise ValueError(f"unknown pooling '{pooling}': choose one of {', '.join(POOLING_MODES)}")
@@ -108,6 +116,9 @@ class Encoder(nn.Module):
         self.normalize = normalize
         limit = getattr(model.config, "max_position_embeddings", None) or 512
         self.max_seq_length = int(max_seq_length or min(limit, tokenizer.model_max_length or limit))
+        self.prompts = _checked_prompts(prompts)
+        self.include_prompt = bool(include_prompt)
+        self.matryoshka_dims = sorted({int(d) for d in matryoshka_dims}, reverse=True) if matryoshka_dims else None
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -123,16 +134,19 @@ class Encoder(nn.Module):
         """Load our saves, any sentence-transformers folder, or a plain transformers model (mean pooling)."""
         path = resolve_model_path(str(name_or_path))
         st = read_sentence_transformers_layout(path) if os.path.isdir(path) else {}
-        if os.path.isdir(path) and not os.path.exists(os.path.join(path, st.get("transformer_path", ""),
-                                                                   "config.json")):
+        if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, st.get("transformer_path", ""), name))
+                                           for name in ("config.json", LORA_ADAPTER_CONFIG)):
             raise ValueError(
                 f"model path '{name_or_path}' is not a model folder: no config.json found; give a directory "
                 "saved by save_pretrained / SentenceTransformer.save / transformers' save_pretrained"
             )
         transformer_path = os.path.join(path, st.get("transformer_path", "")) if st else path
         try:
-            config = AutoConfig.from_pretrained(transformer_path)
-            model = AutoModel.from_pretrained(transformer_path, config=config, **model_kwargs)
+            if os.path.exists(os.path.join(transformer_path, LORA_ADAPTER_CONFIG)):
+                model = load_lora_model(transformer_path, **model_kwargs)
+            else:
+                config = AutoConfig.from_pretrained(transformer_path)
+                model = AutoModel.from_pretrained(transformer_path, config=config, **model_kwargs)
             tokenizer = AutoTokenizer.from_pretrained(transformer_path)
         except OSError as exc:
             raise ValueError(
@@ -146,6 +160,9 @@ class Encoder(nn.Module):
             pooling=pooling or st.get("pooling", "mean"),
             normalize=st.get("normalize", False) if normalize is None else normalize,
             max_seq_length=max_seq_length or st.get("max_seq_length"),
+            prompts=st.get("prompts"),
+            include_prompt=st.get("include_prompt", True),
+            matryoshka_dims=st.get("matryoshka_dims"),
         )
 
     # ------------------------------------------------------------------------------------------ saving
@@ -193,11 +210,42 @@ class Encoder(nn.Module):
         (folder / "1_Pooling").mkdir()
         pooling_config = {"word_embedding_dimension": self.dimension}
         pooling_config.update({key: self.pooling == name for key, name in _ST_POOLING_KEYS.items()})
-        pooling_config["include_prompt"] = True
+        pooling_config["include_prompt"] = self.include_prompt
         write_json(folder / "1_Pooling" / "config.json", pooling_config)
-        write_json(folder / "config_sentence_transformers.json",
-                    {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None,
-                     "__version__": library_versions()})
+        st_config = {"similarity_fn_name": "cosine", "prompts": dict(self.prompts), "default_prompt_name": None,
+                     "__version__": library_versions()}
+        if self.matryoshka_dims:
+            st_config["matryoshka_dims"] = list(self.matryoshka_dims)  # extra key: sentence-transformers ignores it
+        write_json(folder / "config_sentence_transformers.json", st_config)
+
+    # --------------------------------------------------------------------------------------------- LoRA
+    def add_lora(self, r: int = 8, alpha: float = 16, dropout: float = 0.0,
+                 target_modules: Sequence[str] | str | None = None) -> None:
+        """Wrap the transformer in peft LoRA adapters; only adapter weights train from here on, and
+        `save_pretrained` writes the adapter (adapter_config.json + adapter_model.safetensors, the folder
+        sentence-transformers and transformers load over the base model) unless `merge_lora()` was called."""
+        peft = import_peft()
+        if self.is_lora:
+            raise ValueError("the encoder already has LoRA adapters: add them once")
+        if os.path.isdir(getattr(self.model, "name_or_path", "") or ""):
+            self.model.name_or_path = os.path.abspath(self.model.name_or_path)  # the adapter's base_model path
+        config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                                 target_modules=list(target_modules) if isinstance(target_modules, (list, tuple))
+                                 else target_modules)
+        try:
+            self.model = peft.get_peft_model(self.model, config)
+        except ValueError as exc:
+            raise ValueError(f"lora: {str(exc).splitlines()[0]} (set target_modules to module names of "
+                             f"{type(self.model).__name__}, e.g. [query, value] for BERT)") from None
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def merge_lora(self) -> None:
+        """Fold the adapters into the weights: a plain transformers model again (saved whole)."""
+        if self.is_lora:
+            self.model = self.model.merge_and_unload()
 
     # ------------------------------------------------------------------------------------------ forward
     @property
@@ -220,10 +268,34 @@ class Encoder(nn.Module):
         return self.tokenizer(list(texts), padding=padding, truncation=True,
                               max_length=self.max_seq_length, return_tensors="pt")
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                prompt_length: torch.Tensor | int | None = None, **inputs) -> torch.Tensor:
+        """Embed tokenized texts; `prompt_length` (int, or [B] per row) = leading prompt tokens, which the pooling
+        leaves out when `include_prompt` is False (they are always attended to)."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **inputs)
-        embeddings = pool(outputs.last_hidden_state, attention_mask, self.pooling)
+        pooling_mask = attention_mask
+        if prompt_length is not None and not self.include_prompt:
+            pooling_mask = exclude_prompt(attention_mask, prompt_length)
+        embeddings = pool(outputs.last_hidden_state, pooling_mask, self.pooling)
         return F.normalize(embeddings, p=2, dim=-1) if self.normalize else embeddings
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens a prompt adds in front of a text: its tokens without the trailing special token (as
+        sentence-transformers counts them)."""
+        ids = self.tokenizer(prompt, truncation=True, max_length=self.max_seq_length)["input_ids"]
+        if ids and ids[-1] in set(self.tokenizer.all_special_ids):
+            return len(ids) - 1
+        return len(ids)
+
+    def resolve_prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str | None:
+        if prompt is not None and prompt_name is not None:
+            raise ValueError("give prompt or prompt_name, not both")
+        if prompt_name is None:
+            return prompt
+        if prompt_name not in self.prompts:
+            raise ValueError(f"prompt_name '{prompt_name}' is not one of the model's prompts "
+                             f"{sorted(self.prompts) or '(none saved)'}: pass prompt= or save prompts with the model")
+        return self.prompts[prompt_name]
 
     @torch.inference_mode()
     def encode(
@@ -234,15 +306,22 @@ class Encoder(nn.Module):
         show_progress_bar: bool | None = None,
         convert_to: Literal["numpy", "torch"] = "numpy",
         normalize: bool = False,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed texts in token-length-sorted batches (least padding); rows come back in input order.
 
         Identical texts are encoded once (eval mode is deterministic), which matters for STS/SICK-style sets
-        where a sentence appears in many pairs.
+        where a sentence appears in many pairs. `prompt` (or `prompt_name`, a key of `self.prompts`) is
+        prepended to every text, exactly as sentence-transformers' encode does.
         """
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         _check_texts(texts)
+        prompt = self.resolve_prompt(prompt, prompt_name)
+        prompt_length = self.prompt_length(prompt) if prompt else None
+        if prompt:
+            texts = [prompt + text for text in texts]
         slot = {text: i for i, text in enumerate(dict.fromkeys(texts))}
         unique = list(slot)
         was_training = self.training
@@ -255,7 +334,7 @@ class Encoder(nn.Module):
         try:
             for rows, features in self._sorted_batches(unique, batch_size):
                 features = {k: v.to(device) for k, v in features.items()}
-                sorted_embeddings[rows.to(device)] = self(**features).float()
+                sorted_embeddings[rows.to(device)] = self(**features, prompt_length=prompt_length).float()
                 progress.update(len(rows))
         finally:
             progress.close()
@@ -286,6 +365,43 @@ class Encoder(nn.Module):
                 yield torch.tensor([rows[j] for j in picked], dtype=torch.long), features
 
 
+LORA_ADAPTER_CONFIG = "adapter_config.json"
+
+
+def import_peft():
+    try:
+        import peft
+    except ImportError:
+        raise ValueError("LoRA needs the peft package: pip install 'nlp-contrastive[lora]' (or pip install peft)"
+                         ) from None
+    return peft
+
+
+def load_lora_model(folder: str, **model_kwargs) -> PreTrainedModel:
+    """The base model named in the adapter's config with the saved adapter on top (still trainable as LoRA)."""
+    peft = import_peft()
+    base_path = peft.PeftConfig.from_pretrained(folder).base_model_name_or_path
+    base = AutoModel.from_pretrained(base_path, **model_kwargs)
+    return peft.PeftModel.from_pretrained(base, folder)
+
+
+def exclude_prompt(attention_mask: torch.Tensor, prompt_length: torch.Tensor | int) -> torch.Tensor:
+    """A copy of the mask with each row's first `prompt_length` real tokens zeroed (right or left padding)."""
+    lengths = torch.as_tensor(prompt_length, device=attention_mask.device).reshape(-1, 1)
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
+    first_real = attention_mask.long().argmax(dim=1, keepdim=True)  # > 0 only with left padding
+    return attention_mask.masked_fill(positions < first_real + lengths, 0)
+
+
+def _checked_prompts(prompts: Mapping[str, str] | None) -> dict[str, str]:
+    if prompts is None:
+        return {}
+    if not isinstance(prompts, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in prompts.items()):
+        raise ValueError(f"prompts must map names to prompt strings, e.g. {{query: 'query: '}}, got {prompts!r}")
+    return dict(prompts)
+
+
 def _check_texts(texts: list) -> None:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
@@ -312,6 +428,8 @@ def read_sentence_transformers_layout(path: str) -> dict:
                         layout["max_seq_length"] = json.load(f).get("max_seq_length")
         elif kind == "Pooling":
             layout["pooling"] = _pooling_from_st_config(os.path.join(module_dir, "config.json"))
+            with open(os.path.join(module_dir, "config.json"), encoding="utf-8") as f:
+                layout["include_prompt"] = bool(json.load(f).get("include_prompt", True))
         elif kind == "Normalize":
             layout["normalize"] = True
         else:
@@ -319,6 +437,12 @@ def read_sentence_transformers_layout(path: str) -> dict:
                 f"sentence-transformers module '{module['type']}' in {modules_file} is not supported: "
                 "only Transformer, Pooling and Normalize models can be loaded as an Encoder"
             )
+    st_config_file = os.path.join(path, "config_sentence_transformers.json")
+    if os.path.exists(st_config_file):
+        with open(st_config_file, encoding="utf-8") as f:
+            st_config = json.load(f)
+        layout["prompts"] = st_config.get("prompts") or {}
+        layout["matryoshka_dims"] = st_config.get("matryoshka_dims")
     return layout
 
 

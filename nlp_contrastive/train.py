@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from nlp_contrastive import config, data, sampling
@@ -35,26 +37,37 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     recipe = config.load_recipe(recipe_path, overrides)
     args = recipe.training
     config.check_output_dir(args)
+    set_seed(args.seed)  # LoRA adapters are initialised randomly when built (Trainer seeds again later)
     encoder = build_encoder(recipe.model)
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs, cached=recipe.loss.cached,
                       cache_mini_batch_size=recipe.loss.cache_mini_batch_size,
                       cache_max_tokens=recipe.loss.cache_max_tokens)
-    sources = data.build_train_sources(recipe.data.train_data)
-    train_ds = data.concatenate(sources, max_rows=recipe.data.max_train_rows)
+    encoder.matryoshka_dims = check_matryoshka_dims(loss, encoder.dimension)
+    encoder.prompts.update(saved_prompts(recipe.data.prompts))
+    sources = data.build_train_sources(recipe.data.train_data, prompts=recipe.data.prompts)
+    multi = recipe.data.multi_dataset_sampling
+    train_ds = data.concatenate(sources, max_rows=recipe.data.max_train_rows, keep_sources=multi is not None)
     train_ds = data.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
                                    num_proc=recipe.data.tokenize_num_proc)
     if args.should_log:
         batches = sampling.batches_per_epoch(recipe.data.batch_sampler, train_ds, args.per_device_train_batch_size, args)
+        source_rows = list(np.bincount(train_ds["source"][:], minlength=len(sources))) if multi else None
         config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
-                                                             data.hard_negatives_per_row(train_ds)))
+                                                             data.hard_negatives_per_row(train_ds),
+                                                             source_rows=source_rows))
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
     trainer = ContrastiveTrainer(
         encoder, args, loss, train_dataset=train_ds,
-        evaluator=training_evaluator(recipe.eval.eval_tasks, recipe.eval.eval_batch_size),
-        batch_sampler_factory=sampling.batch_sampler_factory(recipe.data.batch_sampler),
+        evaluator=training_evaluator(with_prompts(recipe.eval.eval_tasks, recipe.data.prompts),
+                                     recipe.eval.eval_batch_size),
+        batch_sampler_factory=sampling.batch_sampler_factory(recipe.data.batch_sampler, multi,
+                                                             source_weights=recipe.data.source_weights,
+                                                             sampling_temperature=recipe.data.sampling_temperature),
         single_forward=recipe.loss.single_forward, callbacks=callbacks,
     )
     train_output = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(args))
+    if recipe.model.lora_merge:  # adapters folded into the weights: the output is a plain model folder
+        encoder.merge_lora()
     trainer.save_model(args.output_dir)  # every rank: FSDP / DeepSpeed gather the full weights collectively
     if not trainer.is_world_process_zero():
         return 0
@@ -76,8 +89,54 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
 
 def build_encoder(cfg: config.ModelConfig) -> Encoder:
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
-    return Encoder.from_pretrained(cfg.model_name_or_path, pooling=cfg.pooling, normalize=cfg.normalize,
-                                   max_seq_length=cfg.max_seq_length, **kwargs)
+    encoder = Encoder.from_pretrained(cfg.model_name_or_path, pooling=cfg.pooling, normalize=cfg.normalize,
+                                      max_seq_length=cfg.max_seq_length, **kwargs)
+    if cfg.include_prompt is not None:
+        encoder.include_prompt = cfg.include_prompt
+    if cfg.lora is not None:
+        encoder.add_lora(**cfg.lora)
+    return encoder
+
+
+def saved_prompts(prompts: dict) -> dict[str, str]:
+    """The recipe's prompts under the names sentence-transformers users pass as `prompt_name`: each role's own
+    name, plus "query" (anchor) and "document" (positive)."""
+    saved = dict(prompts)
+    for role, alias in (("anchor", "query"), ("positive", "document")):
+        if role in prompts:
+            saved.setdefault(alias, prompts[role])
+    return saved
+
+
+def with_prompts(tasks: list[dict], prompts: dict) -> list[dict]:
+    """Eval tasks without their own `prompts` get the training prompts: query/sentence1 the anchor's,
+    document/sentence2 the positive's — the texts are embedded as in training."""
+    if not prompts:
+        return tasks
+    by_type = {"sts": ("sentence1", "sentence2"), "pair_classification": ("sentence1", "sentence2"),
+               "reranking": ("query", "document"), "retrieval": ("query", "document")}
+    out = []
+    for task in tasks:
+        roles = by_type.get(task.get("type"))
+        if "prompts" in task or roles is None:
+            out.append(task)
+            continue
+        mapped = {role: prompts[source] for role, source in zip(roles, ("anchor", "positive"), strict=True)
+                  if source in prompts}
+        out.append({**task, "prompts": mapped} if mapped else task)
+    return out
+
+
+def check_matryoshka_dims(loss, dimension: int) -> list[int] | None:
+    """The Matryoshka dims of the loss (also inside GradCache), checked against the encoder's size; None if
+    the loss is not Matryoshka."""
+    from nlp_contrastive.losses.matryoshka import MatryoshkaLoss
+
+    wrapper = next((m for m in loss.modules() if isinstance(m, MatryoshkaLoss)), None)
+    if wrapper is None:
+        return None
+    wrapper.check_embedding_dim(dimension)
+    return list(wrapper.dims)
 
 
 def _checkpoint_to_resume(args) -> str | bool | None:
@@ -95,7 +154,10 @@ def final_evaluation(recipe: config.Recipe, encoder: Encoder, output_dir: Path) 
         return {}
     from nlp_contrastive.evaluation.suite import format_table, load_suite
 
-    suite = load_suite({"tasks": recipe.eval.final_eval_tasks, "batch_size": recipe.eval.eval_batch_size})
+    suite = load_suite({"tasks": with_prompts(recipe.eval.final_eval_tasks, recipe.data.prompts),
+                        "batch_size": recipe.eval.eval_batch_size})
+    if encoder.matryoshka_dims:  # every task at full size and at each smaller trained dimension
+        suite = suite.at_dimensions([None, *(d for d in encoder.matryoshka_dims if d < encoder.dimension)])
     results = suite(encoder)
     write_results(output_dir, results, suite.describe())
     print(format_table(results), flush=True)

@@ -77,6 +77,18 @@ class ContrastiveTrainer(Trainer):
         sampler.epoch_source = lambda: int(self.state.epoch or 0)  # epoch e + k/steps_in_epoch -> e
         return prepared
 
+    # ---------------------------------------------------------------------------------------- optimizer
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """Trainer's optimizer for the encoder, plus the loss's own trainable parameters (e.g. LogLoss's learnable
+        scale and bias) in a group without weight decay — decaying a temperature or a bias toward 0 is wrong."""
+        optimizer = super().create_optimizer(model)
+        loss_parameters = [p for p in self.loss.parameters() if p.requires_grad]
+        if loss_parameters and not any(p is q for group in optimizer.param_groups for p in group["params"]
+                                       for q in loss_parameters):
+            self.loss.to(self.args.device)
+            optimizer.add_param_group({"params": loss_parameters, "weight_decay": 0.0})
+        return optimizer
+
     # --------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = Batch.from_inputs(inputs)

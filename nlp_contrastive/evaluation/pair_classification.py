@@ -62,7 +62,8 @@ class PairClassificationEvaluator(Evaluator):
         self.batch_size = batch_size
 
     def predict(self, encoder) -> dict[str, np.ndarray]:
-        return encode_pairs(encoder, self.sentences1, self.sentences2, self.batch_size, SIMILARITY_FUNCTIONS)
+        return encode_pairs(encoder, self.sentences1, self.sentences2, self.batch_size, SIMILARITY_FUNCTIONS,
+                            evaluator=self)
 
     def score(self, predictions: Mapping[str, np.ndarray]) -> dict[str, float]:
         return pair_classification_metrics(self.labels, predictions)

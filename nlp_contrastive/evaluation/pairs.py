@@ -29,7 +29,11 @@ def paired_similarities(a: np.ndarray, b: np.ndarray,
 
 
 def encode_pairs(encoder, sentences1: Sequence[str], sentences2: Sequence[str], batch_size: int,
-                 functions: Sequence[str] = SIMILARITY_FUNCTIONS) -> dict[str, np.ndarray]:
-    """Encode both sides (each distinct sentence once) and score every pair with each function."""
-    left, right = encode_unique(encoder, [sentences1, sentences2], batch_size)
+                 functions: Sequence[str] = SIMILARITY_FUNCTIONS, *, evaluator=None) -> dict[str, np.ndarray]:
+    """Encode both sides (each distinct sentence once; with `evaluator`, its prompts and truncate_dim) and
+    score every pair with each function."""
+    if evaluator is not None:
+        left, right = evaluator.encode_roles(encoder, [("sentence1", sentences1), ("sentence2", sentences2)])
+    else:
+        left, right = encode_unique(encoder, [sentences1, sentences2], batch_size)
     return paired_similarities(left, right, functions)

@@ -19,7 +19,6 @@ import numpy as np
 
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
 from nlp_contrastive.evaluation.classification_metrics import average_precision
-from nlp_contrastive.evaluation.embedding import encode_unique
 from nlp_contrastive.evaluation.inputs import check_binary, check_lengths, check_texts
 from nlp_contrastive.evaluation.pairs import paired_similarities
 
@@ -74,7 +73,7 @@ class RerankingEvaluator(Evaluator):
         """Cosine similarity of each query to its candidates (positives first), one array per sample."""
         queries = [s.query for s in self.samples]
         candidates = [doc for s in self.samples for doc in (*s.positives, *s.negatives)]
-        query_emb, doc_emb = encode_unique(encoder, [queries, candidates], self.batch_size)
+        query_emb, doc_emb = self.encode_roles(encoder, [("query", queries), ("document", candidates)])
         sizes = [len(s.positives) + len(s.negatives) for s in self.samples]
         owner = np.repeat(np.arange(len(self.samples)), sizes)
         cosine = paired_similarities(query_emb[owner], doc_emb, ("cosine",))["cosine"]

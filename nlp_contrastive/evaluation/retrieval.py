@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
-from nlp_contrastive.evaluation.embedding import encode_unique
 from nlp_contrastive.evaluation.inputs import check_texts
 from nlp_contrastive.evaluation.ranking_metrics import DEFAULT_CUTOFFS, check_qrels, ranking_metrics
 
@@ -174,12 +173,12 @@ class RetrievalEvaluator(Evaluator):
 
     def predict(self, encoder) -> dict[str, dict[str, float]]:
         """The run: {query id: {doc id: score}} with the top k documents of each query."""
-        (query_embeddings,) = encode_unique(encoder, [[self.queries[q] for q in self.query_ids]], self.batch_size)
+        (query_embeddings,) = self.encode_roles(encoder, [("query", [self.queries[q] for q in self.query_ids])])
 
         def corpus_chunks():
             for start in range(0, len(self.doc_ids), self.corpus_chunk_size):
                 texts = [self.corpus[d] for d in self.doc_ids[start:start + self.corpus_chunk_size]]
-                yield encode_unique(encoder, [texts], self.batch_size)[0]
+                yield self.encode_roles(encoder, [("document", texts)])[0]
 
         k = self.k + 1 if self.ignore_identical_ids else self.k
         scores, indices = exact_top_k(query_embeddings, corpus_chunks(), k, similarity=self.similarity,

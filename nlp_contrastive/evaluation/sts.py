@@ -67,7 +67,8 @@ class STSEvaluator(Evaluator):
 
     def predict(self, encoder) -> dict[str, np.ndarray]:
         """{function: [n_pairs] similarity}, each distinct sentence encoded once."""
-        return encode_pairs(encoder, self.sentences1, self.sentences2, self.batch_size, self.similarity_functions)
+        return encode_pairs(encoder, self.sentences1, self.sentences2, self.batch_size, self.similarity_functions,
+                            evaluator=self)
 
     def score(self, predictions: Mapping[str, np.ndarray]) -> dict[str, float]:
         return correlation_metrics(self.scores, predictions)

@@ -22,6 +22,7 @@ one-line warning — unless they were selected by name, then it is an error.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -113,8 +114,19 @@ class Suite:
                     entry["config_name"] = task.config_name
                 if task.score_range:
                     entry["score_range"] = list(task.score_range)
+                if task.truncate_dim:
+                    entry["truncate_dim"] = task.truncate_dim
+                if task.prompts:
+                    entry["prompts"] = dict(task.prompts)
                 meta[task.name] = entry
         return meta
+
+    def at_dimensions(self, dims: Sequence[int | None]) -> Suite:
+        """Every task once per dimension (Matryoshka): `task` at full size (None), `task@d` cut to d dims."""
+        tasks = [dataclasses.replace(t, name=t.name if d is None else f"{t.name}@{d}", truncate_dim=d)
+                 for t in self.tasks for d in dims]
+        required = [t.name for t in tasks if t.name.split("@")[0] in self.required]
+        return Suite(tasks, batch_size=self.batch_size, required=required)
 
     def __call__(self, encoder, *, on_predictions: Callable[[Evaluator, Any, dict[str, float]], None] | None = None
                  ) -> dict[str, dict[str, float]]:

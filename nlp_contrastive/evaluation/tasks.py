@@ -3,7 +3,9 @@
 Task keys are the recipes' source keys (`nlp_contrastive.sources`: dataset, split, config_name, columns,
 filter, score_range, label_map, max_rows) plus `type` (sts | pair_classification | reranking | retrieval),
 `layout` (retrieval: pairs | beir), `ignore_identical_ids` (retrieval: drop a retrieved document whose id
-is the query's, MTEB's option) and `batch_size`.
+is the query's, MTEB's option), `batch_size`, `truncate_dim` (keep the first d embedding dimensions:
+Matryoshka) and `prompts` ({text role: prompt}, e.g. {query: "query: ", document: "passage: "}; a single
+string applies to every text role of the task).
 A hub dataset is read from $NLPC_DATA_DIR/<task name lowercased>/ (or /<last part of the hub id>/) when that
 folder exists; otherwise, offline, building the task raises TaskUnavailable (the suite skips it).
 """
@@ -30,7 +32,7 @@ from nlp_contrastive.evaluation.sts import STSEvaluator
 from nlp_contrastive.sources import SOURCE_KEYS, Source, check_known_keys, is_local_path
 
 TASK_TYPES = ("sts", "pair_classification", "reranking", "retrieval")
-TASK_KEYS = ("type", "batch_size", "layout", "ignore_identical_ids")  # besides the common source keys
+TASK_KEYS = ("type", "batch_size", "layout", "ignore_identical_ids", "truncate_dim", "prompts")  # + source keys
 ROLES: dict[str, tuple[str, ...]] = {
     "sts": ("sentence1", "sentence2", "score"),
     "pair_classification": ("sentence1", "sentence2", "label"),
@@ -38,6 +40,10 @@ ROLES: dict[str, tuple[str, ...]] = {
     "retrieval": ("query", "document", "label"),
 }
 LAYOUTS = ("pairs", "beir")
+# The text roles a task embeds, which its `prompts` may name.
+PROMPT_ROLES: dict[str, tuple[str, ...]] = {"sts": ("sentence1", "sentence2"),
+                                            "pair_classification": ("sentence1", "sentence2"),
+                                            "reranking": ("query", "document"), "retrieval": ("query", "document")}
 
 
 class TaskUnavailable(FileNotFoundError):
@@ -62,6 +68,8 @@ class TaskSpec:
     filter: str | None = None
     max_rows: int | None = None
     label_map: Mapping | None = None
+    truncate_dim: int | None = None
+    prompts: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def source(self) -> Source:
@@ -92,10 +100,29 @@ class TaskSpec:
         batch_size = raw.get("batch_size")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+        truncate_dim = raw.get("truncate_dim")
+        if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int)
+                                         or truncate_dim < 1):
+            raise ValueError(f"{where}: truncate_dim must be a positive integer (e.g. 64), got {truncate_dim!r}")
         return cls(name=name, type=kind, dataset=source.dataset, split=source.split, config_name=source.config_name,
                    columns=dict(source.columns), score_range=source.score_range, batch_size=batch_size, layout=layout,
                    filter=source.filter, max_rows=source.max_rows, label_map=source.label_map,
-                   ignore_identical_ids=ignore_identical)
+                   ignore_identical_ids=ignore_identical, truncate_dim=truncate_dim, prompts=task_prompts(raw.get("prompts"), kind, where))
+
+
+def task_prompts(value: Any, kind: str, where: str) -> dict[str, str]:
+    """{text role: prompt} from a task's `prompts` (a mapping, or one string for every text role)."""
+    roles = PROMPT_ROLES[kind]
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return dict.fromkeys(roles, value)
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"{where}: prompts must map text roles ({', '.join(roles)}) to prompt strings, got {value!r}")
+    unknown = [r for r in value if r not in roles]
+    if unknown:
+        raise ValueError(f"{where}: prompts name role(s) {unknown}, but a {kind} task embeds {', '.join(roles)}")
+    return dict(value)
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -111,7 +138,13 @@ def build_evaluator(task_spec: Mapping[str, Any] | TaskSpec, *, name: str | None
         name = name or raw.pop("name", None) or default_task_name(raw)
         raw.pop("name", None)
         task_spec = TaskSpec.from_dict(name, raw)
-    spec = task_spec
+    evaluator = _build(task_spec, batch_size)
+    evaluator.truncate_dim = task_spec.truncate_dim
+    evaluator.prompts = dict(task_spec.prompts)
+    return evaluator
+
+
+def _build(spec: TaskSpec, batch_size: int) -> Evaluator:
     size = spec.batch_size or batch_size
     source, remote = _resolve_source(spec)
     if spec.type == "retrieval" and (spec.layout == "beir" or (spec.layout is None and is_beir_folder(source))):

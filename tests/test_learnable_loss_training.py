@@ -1,0 +1,55 @@
+"""Loss parameters (LogLoss(learnable=True)) train with the encoder: in the optimizer, no weight decay."""
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from nlp_contrastive.train import train
+from tests.conftest import REPO_ROOT
+from tests.test_trainer import tiny_overrides
+
+LOGLOSS = str(REPO_ROOT / "recipes" / "msrp-logloss.yaml")
+
+
+class GrabTrainer(TrainerCallback):
+    """Keeps the optimizer and the loss's parameter values at the start and the end of training."""
+
+    def __init__(self):
+        self.start = self.end = self.groups = None
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.optimizer = optimizer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.start is None:
+            self.start = self._values()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.end = self._values()
+
+    def _values(self):
+        groups = self.optimizer.param_groups
+        self.groups = [(g["weight_decay"], len(g["params"])) for g in groups]
+        return [p.detach().clone() for p in groups[-1]["params"]]
+
+
+@pytest.mark.parametrize("cached", ["false", "true"])
+def test_learnable_scale_and_bias_change_through_training(tiny_model_dir, tmp_path, data_dir, cached):
+    grab = GrabTrainer()
+    train(LOGLOSS, tiny_overrides(str(tiny_model_dir), tmp_path / "o", "--max_steps", "3", "--learning_rate", "0.05",
+                                  "--weight_decay", "0.1", "--cached", cached, "--cache_mini_batch_size", "3",
+                                  "--loss_kwargs", "{temperature: 0.05, bias: -15.0, learnable: true}"),
+          callbacks=[grab])
+    assert grab.groups[-1] == (0.0, 2)  # log_scale and bias, no weight decay
+    assert grab.groups[0][0] == 0.1  # the encoder's decayed group is Trainer's as before
+    start_scale, start_bias = grab.start
+    end_scale, end_bias = grab.end
+    assert start_scale.item() == pytest.approx(torch.log(torch.tensor(20.0)).item())
+    assert start_bias.item() == pytest.approx(-15.0)
+    assert end_scale.item() != pytest.approx(start_scale.item()) and end_bias.item() != pytest.approx(-15.0)
+
+
+def test_fixed_loss_adds_no_parameter_group(tiny_model_dir, tmp_path, data_dir):
+    grab = GrabTrainer()
+    train(LOGLOSS, tiny_overrides(str(tiny_model_dir), tmp_path / "o", "--max_steps", "1"), callbacks=[grab])
+    assert len(grab.groups) == 2
