@@ -66,7 +66,7 @@ class DataConfig:
     prompts: dict = field(default_factory=dict)
     batch_sampler: str = "random"  # random | no_duplicates | group_by_length (inside each source, with the next)
     # Several sources: null mixes their rows (as one dataset); proportional | round_robin | weighted | temperature
-    # makes every batch come from one source (nlp_contrastive.sampling.MultiDatasetBatchSampler).
+    # makes every batch come from one source (nlp_contrastive.multi_dataset.MultiDatasetBatchSampler).
     multi_dataset_sampling: str | None = None
     source_weights: list[float] | None = None  # weighted: one per train_data entry
     sampling_temperature: float = 1.0  # temperature: source s drawn with probability ∝ rows_s ** (1 / T)
@@ -159,7 +159,8 @@ def check_recipe(recipe: Recipe) -> None:
     sources map, evaluation settings."""
     from nlp_contrastive.data import check_prompts, train_source
     from nlp_contrastive.losses.build import build_loss, check_loss_roles
-    from nlp_contrastive.sampling import check_batch_sampler, check_multi_dataset_sampling
+    from nlp_contrastive.multi_dataset import check_multi_dataset_sampling
+    from nlp_contrastive.sampling import check_batch_sampler
 
     sources = [train_source(spec, i) for i, spec in enumerate(recipe.data.train_data)]
     check_lora(recipe.model)
@@ -369,7 +370,7 @@ def derived_numbers(recipe: Recipe, train_rows: int, batches_per_epoch: int, har
     global_batch = per_step * args.gradient_accumulation_steps
     per_source = None
     if recipe.data.multi_dataset_sampling and source_rows:
-        from nlp_contrastive.sampling import batches_per_source
+        from nlp_contrastive.multi_dataset import batches_per_source
 
         per_source = batches_per_source(source_rows, per_step, recipe.data.multi_dataset_sampling,
                                         weights=recipe.data.source_weights,

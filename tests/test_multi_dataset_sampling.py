@@ -9,7 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from nlp_contrastive.sampling import MultiDatasetBatchSampler, NoDuplicatesBatchSampler, batches_per_source
+from nlp_contrastive.multi_dataset import MultiDatasetBatchSampler, batches_per_source
+from nlp_contrastive.sampling import NoDuplicatesBatchSampler
 from nlp_contrastive.train import main
 from tests.conftest import REPO_ROOT
 from tests.test_trainer import tiny_overrides

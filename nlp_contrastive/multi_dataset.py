@@ -1,0 +1,138 @@
+"""Several datasets in one run: every global batch from one `train_data` source (so in-batch negatives are of
+one kind), in proportional, round-robin, weighted or temperature order; the recipe's batch sampler runs inside
+each source. Built on the shared rank sharding and per-epoch determinism of `nlp_contrastive.sampling`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+from nlp_contrastive.sampling import _EpochBatchSampler
+
+MULTI_DATASET_SAMPLING = ("proportional", "round_robin", "weighted", "temperature")
+SOURCE_COLUMN = "source"  # index of the train_data entry each row came from (added when batches keep sources)
+
+
+class MultiDatasetBatchSampler(_EpochBatchSampler):
+    """Batches drawn from one source each, so in-batch negatives are of one kind (a question never has a
+    paraphrase as its negative); the inner sampler (random / no_duplicates / group_by_length) runs per source.
+
+    `sources[i]` is row i's source index. Each epoch (seed, epoch) every source is cut into global batches by
+    its inner sampler; then the order of batches over sources is
+      proportional  every batch once, in random order (a source is picked with probability ∝ its batches left);
+      round_robin   every batch once, sources in turn (an exhausted source is skipped);
+      weighted      as many batches as the epoch has in total, source s drawn with probability ∝ weights[s]
+                    (a source drawn more often than it has batches restarts, reshuffled: up-sampling);
+      temperature   the same with weights = rows_s ** (1 / temperature) (T=1 proportional, large T uniform).
+    Rank sharding, short final batches and set_epoch are the shared ones; a short batch is topped up only with
+    rows of its own source.
+    """
+
+    def __init__(self, sources: Sequence[int], batch_size: int, *, sampling: str = "proportional",
+                 weights: Sequence[float] | None = None, temperature: float = 1.0, inner=None,
+                 drop_last: bool = False, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(len(sources), batch_size, drop_last=drop_last, seed=seed, num_replicas=num_replicas,
+                         rank=rank)
+        self.source_of = np.asarray(sources, dtype=np.int64)
+        count = int(self.source_of.max()) + 1 if len(self.source_of) else 0
+        self.rows_of = [np.flatnonzero(self.source_of == s) for s in range(count)]
+        self.sampling = sampling
+        self.probabilities = source_probabilities([len(r) for r in self.rows_of], sampling, weights, temperature)
+        # inner(rows of one source) -> a sampler over those rows whose `_global_batches(rng)` gives local indices
+        self._inner = [inner(rows) if inner is not None else None for rows in self.rows_of]
+
+    def _source_batches(self, source: int, epoch: int, rng: np.random.Generator, repeat: int = 0) -> list[list[int]]:
+        rows = self.rows_of[source]
+        if self._inner[source] is not None:
+            local = self._inner[source]._global_batches(epoch)
+            if repeat:  # an up-sampled extra pass: the same batches, in another order
+                local = [local[i] for i in rng.permutation(len(local))]
+        else:
+            order = rng.permutation(len(rows)).tolist()
+            local = [order[i:i + self.global_batch_size] for i in range(0, len(rows), self.global_batch_size)]
+        batches = [rows[batch].tolist() for batch in local]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.global_batch_size]
+        return batches
+
+    def _global_batches(self, epoch: int) -> list[list[int]]:
+        rng = self._rng(epoch)
+        per_source = [deque(self._source_batches(s, epoch, rng)) for s in range(len(self.rows_of))]
+        passes = [0] * len(per_source)
+        total = sum(len(b) for b in per_source)
+        if self.sampling == "round_robin":
+            remaining, picks = [len(b) for b in per_source], []
+            while any(remaining):
+                for source, left in enumerate(remaining):
+                    if left:
+                        picks.append(source)
+                        remaining[source] -= 1
+        elif self.sampling == "proportional":
+            picks = rng.permutation(np.repeat(np.arange(len(per_source)), [len(b) for b in per_source])).tolist()
+        else:
+            picks = rng.choice(len(per_source), size=total, p=self.probabilities).tolist()
+        batches = []
+        for source in picks:
+            if not per_source[source]:  # up-sampled past its end: another pass over the source, reshuffled
+                passes[source] += 1
+                per_source[source].extend(self._source_batches(source, epoch, rng, passes[source]))
+            batches.append(per_source[source].popleft())
+        return batches
+
+    def _split_short(self, batch: list[int], seen: list[list[int]]) -> list[list[int]] | None:
+        source = self.source_of[batch[0]]
+        return super()._split_short(batch, [[row for row in rows if self.source_of[row] == source] for rows in seen])
+
+    def _keys(self, row: int) -> Sequence[Hashable]:
+        inner = self._inner[self.source_of[row]]
+        if inner is None:
+            return ()
+        return inner._keys(int(np.searchsorted(self.rows_of[self.source_of[row]], row)))
+
+
+def check_multi_dataset_sampling(sampling: str | None, weights: Sequence[float] | None, temperature: float,
+                                 num_sources: int) -> None:
+    """Recipe checks for multi_dataset_sampling / source_weights / sampling_temperature."""
+    if sampling is None:
+        if weights is not None:
+            raise ValueError("source_weights is set but multi_dataset_sampling is not: set multi_dataset_sampling: "
+                             "weighted")
+        return
+    if sampling not in MULTI_DATASET_SAMPLING:
+        raise ValueError(f"unknown multi_dataset_sampling '{sampling}': choose {', '.join(MULTI_DATASET_SAMPLING)}")
+    if (sampling == "weighted") != (weights is not None):
+        raise ValueError("multi_dataset_sampling: weighted needs source_weights (one number per train_data entry), "
+                         "and source_weights only applies to it")
+    if weights is not None and (len(weights) != num_sources or any(not isinstance(w, (int, float)) or w < 0
+                                                                    for w in weights) or not sum(weights) > 0):
+        raise ValueError(f"source_weights must hold {num_sources} non-negative numbers (one per train_data entry, "
+                         f"not all 0), got {weights}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"sampling_temperature must be > 0, got {temperature!r}")
+
+
+def source_probabilities(rows: Sequence[int], sampling: str, weights: Sequence[float] | None = None,
+                         temperature: float = 1.0) -> np.ndarray:
+    """The share of batches each source gets (proportional / round_robin: its share of the batches)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if sampling == "weighted":
+        raw = np.asarray(weights, dtype=np.float64)
+    elif sampling == "temperature":
+        raw = rows ** (1.0 / temperature)
+    else:
+        raw = rows
+    return raw / raw.sum()
+
+
+def batches_per_source(rows: Sequence[int], global_batch_size: int, sampling: str, *,
+                       weights: Sequence[float] | None = None, temperature: float = 1.0,
+                       drop_last: bool = False) -> list[float]:
+    """Expected batches per epoch from each source (printed with the derived numbers)."""
+    own = [r // global_batch_size if drop_last else math.ceil(r / global_batch_size) for r in rows]
+    if sampling in ("proportional", "round_robin"):
+        return [float(n) for n in own]
+    return [round(float(p) * sum(own), 1) for p in source_probabilities(rows, sampling, weights, temperature)]
