@@ -119,7 +119,12 @@ class ContrastiveTrainer(Trainer):
             raise FileNotFoundError(f"checkpoint '{resume_from_checkpoint}' has no model.safetensors: resume from a "
                                     "complete checkpoint-N folder written by this trainer")
         state = safetensors.torch.load_file(weights, device=str(encoder.device))
-        missing, unexpected = encoder.model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = encoder.model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches: a checkpoint of another model size
+            problem = next((line.strip() for line in str(exc).splitlines() if "mismatch" in line), str(exc))
+            raise ValueError(f"checkpoint '{resume_from_checkpoint}' does not match the model ({problem[:200]}): "
+                             "resume with the same model_name_or_path, or start a new output_dir") from None
         if unexpected or [k for k in missing if "position_ids" not in k]:
             raise ValueError(f"checkpoint '{resume_from_checkpoint}' does not match the model "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}): resume with the same model_name_or_path")
