@@ -105,6 +105,7 @@ def sigterm_overrides(model_dir, out, *extra):
             "--learning_rate", "1e-3", *extra]
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_a_checkpoint_and_resume_gives_the_same_weights(tmp_path, data_dir):
     """400 rows / batch 8 = 50 steps per epoch: the signal lands mid-epoch, the resumed run crosses an epoch."""
     model_dir = tmp_path / "tiny-dropout"

@@ -368,6 +368,7 @@ def subprocess_runs(world, tmp_path_factory):
         yield {cls: pool.submit(run, cases[0]) for cls, cases in CASES.items()}
 
 
+@pytest.mark.slow  # ~7 s of CPU per interpreter start (torch, transformers, scipy): 18 of them
 @pytest.mark.parametrize("cls", list(CASES))
 def test_bad_input_as_subprocess(cls, world, subprocess_runs):
     proc, folder, before = subprocess_runs[cls].result()
