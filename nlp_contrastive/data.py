@@ -134,13 +134,13 @@ def _first_bad_json_line(path: Path) -> str | None:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                return f"data file '{path}': line {number} is not valid JSON ({exc.msg}): fix that line"
+                return f"could not read data file '{path}': line {number} is not valid JSON ({exc.msg}): fix that line"
             if not isinstance(row, dict):
-                return f"data file '{path}': line {number} is not a JSON object ({{column: value, ...}}): fix that line"
+                return f"could not read data file '{path}': line {number} is not a JSON object ({{column: value, ...}}): fix that line"
             for key, value in row.items():
                 kind = _json_kind(value)
                 if kind is not None and seen_keys.setdefault(key, kind) is not kind:
-                    return (f"data file '{path}': line {number} has {key!r} as {kind.__name__}, earlier lines as "
+                    return (f"could not read data file '{path}': line {number} has {key!r} as {kind.__name__}, earlier lines as "
                             f"{seen_keys[key].__name__}: give a column one type")
     if not any_row:
         return f"data file '{path}' has no rows (only blank lines): give a file with at least one example"

@@ -61,8 +61,8 @@ def resolve_model_path(name_or_path: str) -> str:
         if bundled is not None:
             return bundled
     if not os.path.exists(name_or_path) and name_or_path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model path '{name_or_path}' does not exist: check the path, or give a hub id "
-                                "such as sentence-transformers/all-MiniLM-L6-v2")
+        raise ValueError(f"model path '{name_or_path}' is not a model folder: it does not exist; check the path, "
+                         "or give a hub id such as sentence-transformers/all-MiniLM-L6-v2")
     if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):
         raise ValueError(
             f"model path '{name_or_path}' is not a model folder: give a directory with config.json "

@@ -221,7 +221,7 @@ CASES: dict[str, list[Case]] = {
            expect=r"line 1 has 2 fields", id="qrels-fields"),
     ],
     "model path": [
-        train("--model_name_or_path", "$dir/nope", expect=r"model.*nope.*(does not exist|not found|could not load)",
+        train("--model_name_or_path", "$dir/nope", expect=r"model path '.*nope' is not a model folder: it does not exist",
               id="missing"),
         train("--model_name_or_path", "$dir/m", files={"m/readme.txt": "x"}, expect=r"not a model folder",
               id="not-a-model"),
