@@ -173,3 +173,46 @@ def test_disk_full_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous
     assert (out / "checkpoint-2" / "trainer_state.json").exists()
     assert load_file(out / "checkpoint-2" / "model.safetensors")
     assert not list(out.glob(".staging-*")) and not (out / "checkpoint-4").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_an_accelerate_launch_of_two_processes_saves_one_checkpoint_and_resumes_exactly(tmp_path,
+                                                                                                   data_dir):
+    """The launcher forwards SIGTERM to both ranks; they agree on the step, save it, and stop; resuming with 2
+    processes ends with the weights of an uninterrupted 2-process run."""
+    model_dir = tmp_path / "tiny"
+    make_tiny_encoder().save_pretrained(model_dir)
+    recipe = str(REPO_ROOT / "recipes" / "stsb-cosine.yaml")
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+
+    def launch(out, *extra):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "nlp_contrastive.train",
+               recipe, *sigterm_overrides(model_dir, out, *extra)]
+        return subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+
+    killed = tmp_path / "killed"
+    proc = launch(killed)
+    try:
+        deadline = time.monotonic() + 240
+        while not (killed / "checkpoint-10").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = [line for line in err.splitlines() if line.startswith("stopped by SIGTERM")]
+    assert len(stopped) == 1, err[-3000:]  # printed by rank 0 only
+    step = int(stopped[0].split("at step ")[1].split(":")[0])
+    assert get_last_checkpoint(str(killed)) == str(killed / f"checkpoint-{step}")
+    assert (killed / f"checkpoint-{step}" / "trainer_state.json").exists()
+    for out, extra in ((killed, ("--resume_from_checkpoint", "true")), (tmp_path / "straight", ())):
+        proc = launch(out, *extra)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    expected, resumed = load_file(tmp_path / "straight" / "model.safetensors"), load_file(killed / "model.safetensors")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
