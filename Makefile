@@ -10,7 +10,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install main train eval test test-fast lint bench bench-encode bench-eval bench-train bench-memory clean
+.PHONY: install main train eval test test-fast lint bench bench-encode bench-eval bench-train bench-memory clean \
+	scifact bench-retrieval
 
 install: $(VENV)/.installed
 
@@ -52,5 +53,26 @@ bench-train: install
 bench-memory: install
 	$(BIN)/python benchmarks/bench_memory.py
 
+# Retrieval end to end on BEIR SciFact: mine hard negatives on train -> train -> evaluate on SciFact test
+# (the recipe's final eval; MTEB's definitions). See recipes/scifact-hardneg.yaml for the settings.
+scifact: install
+	$(BIN)/nlp-contrastive mine --data $(NLPC_DATA_DIR)/scifact --split train --output outputs/scifact-mined/train.jsonl \
+		--num-negatives 3 --range-max 30 --relative-margin 0.05 --sampling top
+	$(BIN)/nlp-contrastive train recipes/scifact-hardneg.yaml --overwrite_output_dir true
+
+bench-retrieval: install
+	$(BIN)/python benchmarks/bench_retrieval.py
+
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# The lower bounds of pyproject.toml for transformers and accelerate, laid over the dev venv (--no-deps, first on
+# PYTHONPATH), then the trainer's fast tests. Change MIN_VERSIONS together with pyproject.toml.
+MIN_VERSIONS ?= transformers==5.19.0 accelerate==1.3.0
+MIN_VERSION_TESTS ?= tests/test_trainer.py
+.PHONY: test-min-versions
+test-min-versions: install
+	rm -rf $(VENV)/min-versions
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --target $(VENV)/min-versions $(MIN_VERSIONS)
+	PYTHONPATH=$(abspath $(VENV))/min-versions:$(CURDIR) $(BIN)/python -c "import transformers, accelerate; print('transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
+	PYTHONPATH=$(abspath $(VENV))/min-versions:$(CURDIR) $(BIN)/python -m pytest -q -m "not slow" $(MIN_VERSION_TESTS)

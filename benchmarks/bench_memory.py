@@ -52,8 +52,8 @@ def child(name: str, steps: int, threads: int, max_length: int) -> dict:
     """One configuration's training steps; returns its measurements."""
     import torch
 
-    from nlp_contrastive.losses.cached import CachedLoss
     from nlp_contrastive.losses import InfoNCELoss
+    from nlp_contrastive.losses.cached import CachedLoss
     from nlp_contrastive.modeling import DEFAULT_MODEL, Encoder
 
     torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""`nlp-contrastive train|eval|push`: argument parsing and dispatch; the work lives in the library modules."""
+"""`nlp-contrastive train|eval|mine|push`: argument parsing and dispatch; the work lives in the library modules."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE
+from nlp_contrastive.mining import add_mine_arguments, run_mine
 from nlp_contrastive.modeling import DEFAULT_MODEL
 
 
@@ -18,12 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("train", help="train from a YAML recipe (extra --key value pairs override it)", add_help=False)
     add_eval_arguments(sub.add_parser("eval", help="evaluate a model on STS / retrieval / reranking suites"))
     add_push_arguments(sub.add_parser("push", help="push a trained output folder to the Hugging Face hub"))
+    add_mine_arguments(sub.add_parser("mine", help="mine hard negatives for (query, positive) data over a corpus"))
     if argv[:1] == ["train"]:  # train parses its own flags (recipe keys are open-ended)
         from nlp_contrastive.train import main as train_main
 
         return train_main(argv[1:])
     args = parser.parse_args(argv)
-    return {"eval": run_eval, "push": run_push}[args.command](args) or 0
+    return {"eval": run_eval, "mine": run_mine, "push": run_push}[args.command](args) or 0
 
 
 # ------------------------------------------------------------------------------------------------ eval

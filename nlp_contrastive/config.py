@@ -374,15 +374,16 @@ def _plain(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------ printed at start
-def derived_numbers(recipe: Recipe, train_rows: int, hard_negatives_per_row: int) -> dict[str, Any]:
-    """What the recipe implies: processes, global batch, optimizer steps, negatives per query (InfoNCE)."""
+def derived_numbers(recipe: Recipe, train_rows: int, batches_per_epoch: int, hard_negatives_per_row: int
+                    ) -> dict[str, Any]:
+    """What the recipe implies: processes, global batch, optimizer steps (from the sampler's real number of
+    batches per epoch, rounded as the Trainer rounds it), negatives per query (InfoNCE)."""
     args = recipe.training
     world = args.world_size
     per_step = args.per_device_train_batch_size * world
     global_batch = per_step * args.gradient_accumulation_steps
-    batches_per_epoch = train_rows // per_step if args.dataloader_drop_last else math.ceil(train_rows / per_step)
-    steps = args.max_steps if args.max_steps > 0 else math.ceil(
-        batches_per_epoch / args.gradient_accumulation_steps * args.num_train_epochs)
+    updates_per_epoch = max(math.ceil(batches_per_epoch / args.gradient_accumulation_steps), 1)
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(updates_per_epoch * args.num_train_epochs)
     numbers = {"processes": world, "train_rows": train_rows, "global_batch_size": global_batch,
                "optimizer_steps": steps}
     if recipe.loss.loss == "info_nce":

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import yaml
 
 from nlp_contrastive.batch import LIST_ROLES, ROLES, TEXT_ROLES, VALUE_ROLES, token_column
-from nlp_contrastive.sources import Source, is_local_path, yaml_problem
+from nlp_contrastive.sources import Source, is_beir_folder, is_local_path, yaml_problem
 
 DATA_DIR_ENV = "NLPC_DATA_DIR"
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
@@ -354,13 +354,17 @@ def tokenize_roles(ds: datasets.Dataset, tokenizer, max_length: int, *, num_proc
 
 
 # ------------------------------------------------------------------------------ recipes' train_data specs
-TRAIN_KEYS = ("group_pairs",)  # besides the common source keys (nlp_contrastive.sources)
+# Besides the common source keys (nlp_contrastive.sources): `group_pairs`, and `layout: beir` for a BEIR dataset
+# (corpus, queries, qrels) given as a hub id; a local BEIR folder is recognised by itself.
+TRAIN_KEYS = ("group_pairs", "layout")
 
 
 def train_source(spec: Mapping, position: int) -> Source:
     """Check one `train_data` entry (at recipe load, before anything is read)."""
     where = f"train_data[{position}]"
     source = Source.from_dict(spec, where=where, roles=ROLES, extra_keys=TRAIN_KEYS)
+    if spec.get("layout") not in (None, "beir"):
+        raise ValueError(f"{where}: layout {spec['layout']!r} is not known: use layout: beir (or leave it out)")
     if source.filter:
         try:
             parse_condition(source.filter)
@@ -385,6 +389,14 @@ def build_train_sources(specs: Sequence[Mapping]) -> list[datasets.Dataset]:
     return parts
 
 
+def beir_pairs(source: str, split: str) -> datasets.Dataset:
+    """A BEIR dataset's judged (query, relevant document) pairs of `split` as rows with columns query_id, query,
+    positive, known_positives (map them: {anchor: query, positive: positive, known_positives: known_positives})."""
+    from nlp_contrastive.mining import beir_positives, positive_pairs
+
+    return datasets.Dataset.from_dict(positive_pairs(beir_positives(source, split)))
+
+
 def hard_negatives_per_row(ds: datasets.Dataset) -> int:
     """From the data itself: 1 for a `negative` column, the longest list for `negatives`, else 0."""
     if "negatives" in ds.column_names:
@@ -406,7 +418,10 @@ def build_train_dataset(specs: Sequence[Mapping], *, max_rows: int | None = None
 
 def _build_source(spec: Mapping, position: int) -> datasets.Dataset:
     source = train_source(spec, position)
-    ds = load_split(source.dataset, source.split, config_name=source.config_name)
+    if spec.get("layout") == "beir" or is_beir_folder(source.dataset):
+        ds = beir_pairs(source.dataset, source.split)
+    else:
+        ds = load_split(source.dataset, source.split, config_name=source.config_name)
     if source.filter:
         ds = filter_rows(ds, source.filter)
     if spec.get("group_pairs"):

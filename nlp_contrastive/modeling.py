@@ -153,18 +153,20 @@ class Encoder(nn.Module):
         )
 
     # ------------------------------------------------------------------------------------------ saving
-    def save_pretrained(self, path: str | os.PathLike) -> None:
+    def save_pretrained(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Write sentence-transformers format via a temp folder, so no file is ever half-written.
 
         A new folder appears in one rename. Into an existing folder (e.g. an output dir holding checkpoints),
         each file is renamed into place, modules.json last, so readers see either the old or the new model files.
+        `state_dict`: this Encoder's full weights gathered by a sharding backend (FSDP / DeepSpeed: keys
+        "model.<name>"), written instead of the local parameters, which there are only this rank's shards.
         """
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging_parent = target if target.is_dir() else target.parent
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=staging_parent))
         try:
-            self._write_folder(tmp)
+            self._write_folder(tmp, state_dict)
             if not target.exists():
                 os.replace(tmp, target)
                 return
@@ -177,8 +179,10 @@ class Encoder(nn.Module):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _write_folder(self, folder: Path) -> None:
-        self.model.save_pretrained(folder, safe_serialization=True)
+    def _write_folder(self, folder: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        if state_dict is not None:
+            state_dict = _transformer_weights(state_dict)
+        self.model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": _ST_TRANSFORMER},
@@ -359,3 +363,12 @@ def library_versions() -> dict[str, str]:
     except ImportError:
         pass
     return versions
+
+
+def _transformer_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The AutoModel's weights from an Encoder state dict ("model.<name>" -> "<name>"), on the CPU."""
+    weights = {k.removeprefix("model."): v.detach().cpu() for k, v in state_dict.items() if k.startswith("model.")}
+    if not weights:
+        raise ValueError(f"state_dict has no 'model.*' keys (got {sorted(state_dict)[:3]}): pass the Encoder's "
+                         "state dict, e.g. accelerator.get_state_dict(model)")
+    return weights

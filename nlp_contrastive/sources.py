@@ -40,6 +40,12 @@ def is_hub_id(name: Any) -> bool:
     return isinstance(name, str) and "/" in name and bool(_HUB_ID.match(name)) and not is_local_path(name)
 
 
+def is_beir_folder(path: str | Path) -> bool:
+    """A local folder in the BEIR layout (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
+    path = Path(path)
+    return path.is_dir() and (path / "corpus.jsonl").is_file()
+
+
 def check_known_keys(raw: Iterable, valid: Iterable[str], where: str, *, noun: str = "key",
                      listed: str | None = None) -> None:
     """The one unknown-key error (recipes, sources, tasks, suites, loss kwargs): names the keys, suggests close

@@ -13,11 +13,10 @@ from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
 
-from nlp_contrastive import config, data
+from nlp_contrastive import config, data, sampling
 from nlp_contrastive.losses.build import build_loss
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.run_record import CURVES_FILE, build_run_record, plot_training_curves, write_results
-from nlp_contrastive.sampling import batch_sampler_factory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,22 +54,26 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     train_ds = data.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
                                    num_proc=recipe.data.tokenize_num_proc)
     if args.should_log:
-        config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), data.hard_negatives_per_row(train_ds)))
+        batches = sampling.batches_per_epoch(recipe.data.batch_sampler, train_ds, args.per_device_train_batch_size, args)
+        config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
+                                                             data.hard_negatives_per_row(train_ds)))
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
     trainer = ContrastiveTrainer(
         encoder, args, loss, train_dataset=train_ds,
         evaluator=training_evaluator(recipe.eval.eval_tasks, recipe.eval.eval_batch_size),
-        batch_sampler_factory=batch_sampler_factory(recipe.data.batch_sampler),
+        batch_sampler_factory=sampling.batch_sampler_factory(recipe.data.batch_sampler),
         single_forward=recipe.loss.single_forward, callbacks=callbacks,
     )
     with _tidy_on_failure(Path(args.output_dir), created=not output_dir_existed, main_process=args.should_save):
         train_output = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(args))
     if trainer.signal_stop.received is not None:
         return _report_interrupted(trainer)
+    trainer.save_model(args.output_dir)  # every rank: FSDP / DeepSpeed gather the full weights collectively
     if not trainer.is_world_process_zero():
         return 0
     output_dir = Path(args.output_dir)
-    encoder.save_pretrained(output_dir)
+    if trainer.is_fsdp_enabled:  # the live model is sharded: evaluate the saved full one on rank 0 alone
+        encoder = Encoder.from_pretrained(output_dir)
     final_evaluation(recipe, encoder, output_dir)
     record = build_run_record(recipe, loss, [len(s) for s in sources], len(train_ds), train_output,
                               trainer.state.log_history, started)

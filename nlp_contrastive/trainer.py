@@ -23,7 +23,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from nlp_contrastive.batch import ROW_ID, Batch, BatchCollator
-from nlp_contrastive.losses.cached import CachedLoss
+from nlp_contrastive.losses.cached import CachedLoss, accelerator_sync
 from nlp_contrastive.modeling import Encoder
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,11 @@ class ContrastiveTrainer(Trainer):
         eval_dataset = ["suite"] if evaluator is not None else None
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=None, **kwargs)
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None) if self.is_deepspeed_enabled else None
+        if isinstance(loss, CachedLoss) and plugin is not None and plugin.zero_stage >= 2:
+            raise ValueError(f"cached: true (GradCache) cannot run under DeepSpeed ZeRO stage {plugin.zero_stage}: "
+                             "ZeRO >= 2 reduces each gradient once per backward, GradCache backpropagates once per "
+                             "mini-batch; use zero_stage: 1, DDP (recipes/accelerate/ddp.yaml) or FSDP")
         self.nonfinite_guard = NonFiniteLossGuard(self)
         self.signal_stop = SignalStop(self)
         self.add_callback(self.signal_stop)
@@ -197,18 +202,27 @@ class ContrastiveTrainer(Trainer):
         sampler = self.batch_sampler_factory(self.train_dataset, self._train_batch_size, self.args)
         loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
-        prepared = self.accelerator.prepare(loader)
+        # Our samplers give every rank the same number of batches; accelerate < 1.2 refuses a batch sampler
+        # without batch_size (see nlp_contrastive.sampling) unless even_batches is off.
+        even_batches, self.accelerator.even_batches = self.accelerator.even_batches, False
+        try:
+            prepared = self.accelerator.prepare(loader)
+        finally:
+            self.accelerator.even_batches = even_batches
         # Our batch samplers are already rank-aware: make accelerate's shard wrapper a pass-through.
         shard = getattr(prepared, "batch_sampler", None)
         if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
             shard.num_processes, shard.process_index = 1, 0
+        # set_epoch does not reach a sampler inside BatchSamplerShard (accelerate < 1.2, transformers < 5), nor
+        # inside the loader skip_first_batches rebuilds when resuming mid-epoch: the sampler reads the Trainer's epoch.
+        sampler.epoch_source = lambda: int(self.state.epoch or 0)  # epoch e + k/steps_in_epoch -> e
         return prepared
 
     # --------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = Batch.from_inputs(inputs)
         if isinstance(self.loss, CachedLoss):  # embeds by itself, in mini-batches
-            loss = self.loss(model, batch)
+            loss = self.loss(model, batch, gradient_sync=accelerator_sync(self.accelerator, model))
         else:
             loss = self.loss(**batch.loss_kwargs(batch.embed(model, self.single_forward), self.loss))
         if model.training:
@@ -217,13 +231,20 @@ class ContrastiveTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------- saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Checkpoints in sentence-transformers format, so any checkpoint is a usable model."""
+        """Checkpoints in sentence-transformers format, so any checkpoint is a usable model.
+
+        Under FSDP / DeepSpeed, `save_model` gathers the full `state_dict` on every rank first (a collective);
+        it is what gets written, since the local parameters are only this rank's shards.
+        """
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
         encoder: Encoder = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        encoder.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        encoder.save_pretrained(output_dir, state_dict=state_dict)
+        if os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
+            # Checkpoints carry the arguments as transformers' do; the final folder is the model alone (it is
+            # what gets pushed, and the pickled arguments may hold a hub token).
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _get_output_dir(self, trial) -> str:
         staging = getattr(self, "_checkpoint_staging_dir", None)
@@ -237,23 +258,26 @@ class ContrastiveTrainer(Trainer):
         staging = os.path.join(run_dir, f".staging-{name}")
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()  # no rank writes its rng_state_{r}.pth before the old staging is gone
         self._checkpoint_staging_dir = staging
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self._checkpoint_staging_dir = None
-        if not self.args.should_save:
-            return
         final = os.path.join(run_dir, name)
         if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
-            self.state.best_model_checkpoint = final
-            self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(os.path.join(staging, name), final)
-        shutil.rmtree(staging, ignore_errors=True)
-        rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            self.state.best_model_checkpoint = final  # on every rank: all of them may load the best model
+        self.accelerator.wait_for_everyone()  # every rank's files are in staging before rank 0 renames it
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == final:
+                self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()  # checkpoint-N is in place for every rank (e.g. to load the best)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         encoder: Encoder = self.accelerator.unwrap_model(model or self.model, keep_torch_compile=False)
@@ -278,12 +302,26 @@ class ContrastiveTrainer(Trainer):
 
     # --------------------------------------------------------------------------------------- evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Run the evaluator on the unwrapped encoder; `<prefix>_score` is its primary metric."""
+        """Run the evaluator on the unwrapped encoder; `<prefix>_score` is its primary metric.
+
+        Always in fp32, as `nlp-contrastive eval` on the saved model runs: under bf16/fp16 training accelerate
+        patches an autocast into the encoder's forward, which is set aside for the evaluation, so results.json,
+        the model card and the best-checkpoint choice are the numbers a user reproduces.
+        """
         if self.evaluator is None:
             return {}
         encoder = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        # Every rank evaluates (same data, same weights), so best-model decisions agree across processes.
-        results = self.evaluator(encoder)
+        autocast_forward = encoder.__dict__.get("forward")
+        original_forward = encoder.__dict__.get("_original_forward")
+        if autocast_forward is not None and original_forward is not None:
+            encoder.forward = original_forward
+        try:
+            # Every rank evaluates (same data, same weights), so best-model decisions agree across processes.
+            with torch.autocast(encoder.device.type, enabled=False):
+                results = self.evaluator(encoder)
+        finally:
+            if autocast_forward is not None and original_forward is not None:
+                encoder.forward = autocast_forward
         metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in results.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections import Counter
@@ -45,21 +46,78 @@ def test_no_duplicates_global_batches(num_replicas, drop_last):
                                                                num_replicas=num_replicas, rank=rank), num_replicas)
     steps = len(per_rank[0])
     assert all(len(batches) == steps for batches in per_rank)  # no rank waits for a batch that never comes
-    short_steps = 0
+    assert steps == len(data) // (8 * num_replicas) + (not drop_last)  # full batches + one short (403 % 8n >= n+1)
     for step in range(steps):
         parts = [batches[step] for batches in per_rank]
-        assert len({len(p) for p in parts}) == 1 and parts[0]  # equal, non-empty per-rank batches
-        assert all(len(p) == 8 for p in parts) or not drop_last
-        short_steps += len(parts[0]) < 8
+        assert len({len(p) for p in parts}) == 1 and len(parts[0]) >= 2  # equal per-rank batches, never 1 row
+        assert len(parts[0]) == 8 or (step == steps - 1 and not drop_last)  # only the last batch may be short
         texts = [text for part in parts for row in part for text in data[row]]
         assert len(texts) == len(set(texts)), f"repeated text in global batch {step}"
     rank_rows = [{row for batch in batches for row in batch} for batches in per_rank]
     assert sum(len(rows) for rows in rank_rows) == len(set().union(*rank_rows))  # ranks are disjoint
-    if drop_last:
-        assert len(set().union(*rank_rows)) >= len(data) - 2 * 8 * num_replicas - 12
-    else:
-        assert set().union(*rank_rows) == set(range(len(data)))  # nothing skipped
-        assert short_steps >= 1  # the deferred rows (frequent text) really went into short final batches
+    carried = NoDuplicatesBatchSampler(data, 8, drop_last=drop_last, seed=1, num_replicas=num_replicas).carried_over(0)
+    assert set().union(*rank_rows) | set(carried) == set(range(len(data)))  # each row placed or carried over
+    assert not set().union(*rank_rows) & set(carried)
+    for epoch in range(1, 4):  # the same length every epoch: the Trainer's step count is len(epoch 0) x epochs
+        assert [len(batches) for batches in all_ranks(lambda rank: NoDuplicatesBatchSampler(  # noqa: B023
+            data, 8, drop_last=drop_last, seed=1, num_replicas=num_replicas, rank=rank), num_replicas, epoch)] \
+            == [steps] * num_replicas
+
+
+@pytest.fixture(scope="module")
+def paraphrase_rows():
+    """The training rows of recipes/paraphrase-infonce.yaml (5,112 pairs; one SICK sentence is in 9 rows)."""
+    from nlp_contrastive import data, sampling
+    from nlp_contrastive.config import load_recipe
+    from tests.conftest import REPO_ROOT
+
+    if not (REPO_ROOT.parent / "shared" / "data" / "sickr").exists() and "NLPC_DATA_DIR" not in os.environ:
+        pytest.skip("paraphrase data not found (set NLPC_DATA_DIR)")
+    recipe = load_recipe(str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml"), ["--use_cpu", "true"])
+    return sampling.texts_per_row(data.build_train_dataset(recipe.data.train_data))
+
+
+@pytest.mark.parametrize("batch_size,seed,num_replicas", [(1024, 42, 1), (64, 0, 1), (64, 10, 1), (32, 0, 2),
+                                                          (512, 42, 2)])
+def test_paraphrase_data_gives_full_batches_and_loses_nothing_across_epochs(paraphrase_rows, batch_size, seed,
+                                                                            num_replicas):
+    """Issue 12: batch 1024 seed 42 gave [..., 968, 40, 3, 3, 2] (9 steps, 5 printed); batch 64 seeds 0/10 a 1-row
+    batch that info_nce rejects. Now: 5112 // global full batches + one short, every epoch."""
+    rows, global_batch = paraphrase_rows, batch_size * num_replicas
+    assert len(rows) == 5112
+    per_rank = [NoDuplicatesBatchSampler(rows, batch_size, seed=seed, num_replicas=num_replicas, rank=r)
+                for r in range(num_replicas)]
+    offered, yielded = Counter(), Counter()
+    for epoch in range(3):
+        for sampler in per_rank:
+            sampler.set_epoch(epoch)
+        batches = [list(sampler) for sampler in per_rank]
+        assert len(batches[0]) == 5112 // global_batch + 1  # 5112 % global >= num_replicas + 1 here
+        sizes = [sum(len(b[step]) for b in batches) for step in range(len(batches[0]))]
+        assert sizes[:-1] == [global_batch] * (len(sizes) - 1) and sizes[-1] >= 2 * num_replicas
+        for step in range(len(sizes)):
+            texts = [t for b in batches for row in b[step] for t in set(rows[row])]  # (some rows: anchor == positive)
+            assert len(texts) == len(set(texts))
+        stats = per_rank[0].epoch_stats[epoch]
+        assert stats["dropped"] == 0
+        if num_replicas == 1:  # (with 2 ranks the short batch is topped up with rows seen twice)
+            yielded.update(row for batch in batches[0] for row in batch)
+            offered.update(range(5112))
+            assert sum(yielded.values()) + stats["carried_out"] == sum(offered.values())  # nothing lost
+    if num_replicas == 1:
+        final_carry = Counter(per_rank[0].carried_over(2))
+        assert yielded + final_carry == offered  # every row seen once per epoch, only the last carry still due
+
+
+def test_no_duplicates_counts_carry_and_drops_under_drop_last():
+    data = pairs_with_repeats()
+    sampler = NoDuplicatesBatchSampler(data, 8, drop_last=True, seed=1)
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        assert len(list(sampler)) == 403 // 8 and all(len(b) == 8 for b in sampler)
+    stats = [sampler.epoch_stats[e] for e in range(4)]
+    assert [s["carried_in"] for s in stats[1:]] == [s["carried_out"] for s in stats[:-1]]
+    assert all(s["carried_out"] <= 8 for s in stats) and sum(s["dropped"] for s in stats) > 0  # capped, counted
 
 
 def test_no_duplicates_order_per_epoch_and_seed():
@@ -84,10 +142,20 @@ def test_no_duplicates_order_per_epoch_and_seed():
 def test_no_duplicates_lists_of_negatives_and_frequent_text():
     data = [["q common", [f"neg {i}", "shared negative"]] if i % 4 == 0 else [f"q {i}", [f"neg {i}"]]
             for i in range(40)]
-    batches = list(NoDuplicatesBatchSampler(data, 6, seed=0))
+    sampler = NoDuplicatesBatchSampler(data, 6, seed=0)
+    batches = list(sampler)
     for batch in batches:
         assert sum(i % 4 == 0 for i in batch) <= 1  # "q common" / "shared negative" at most once per batch
-    assert sorted(i for batch in batches for i in batch) == list(range(40))
+    # 10 rows share "q common" but 40 rows make 6 full batches + 1 short: the old sampler made 4 one-row batches of
+    # the 4 left over; now one goes into the short batch (padded to 2 rows with a row seen this epoch) and 3 open
+    # the next epoch
+    assert [len(b) for b in batches] == [6] * 6 + [2] and sampler.epoch_stats[0]["short_batch_repeats"] == 1
+    carried = sampler.carried_over(0)
+    assert len(carried) == 3 and all(i % 4 == 0 and not any(i in b for b in batches) for i in carried)
+    assert {i for batch in batches for i in batch} | set(carried) == set(range(40))
+    sampler.set_epoch(1)
+    assert [len(b) for b in sampler] == [6] * 6 + [2]  # same length every epoch
+    assert set(carried) <= {i for b in sampler for i in b}  # seen in epoch 1
 
 
 def test_no_duplicates_is_not_quadratic():
@@ -107,11 +175,22 @@ def test_rows_pass_through_accelerate_shard_unchanged():
     assert any(len(batch) < 8 for batch in shard)
 
 
+def test_data_that_cannot_form_a_batch_is_a_one_line_error():
+    data = [["same", f"p {i}"] for i in range(3)]  # every row shares "same": no batch of 2 rows exists
+    with pytest.raises(ValueError, match="cannot form even one batch of 3 rows"):
+        NoDuplicatesBatchSampler(data, 4, num_replicas=2, rank=0)
+
+
 def test_tiny_dataset_under_ddp_keeps_rank_counts_equal():
-    data = [["same", f"p {i}"] for i in range(3)]  # every row shares "same": 3 batches of one row each
-    with pytest.warns(UserWarning, match="dropped"):
-        per_rank = all_ranks(lambda rank: NoDuplicatesBatchSampler(data, 4, num_replicas=2, rank=rank), 2)
-    assert len(per_rank[0]) == len(per_rank[1])
+    data = [["same" if i < 2 else f"a {i}", f"p {i}"] for i in range(7)]  # global 8: one short batch
+    per_rank = all_ranks(lambda rank: NoDuplicatesBatchSampler(data, 4, num_replicas=2, rank=rank), 2)
+    assert len(per_rank[0]) == len(per_rank[1]) == 1 and len(per_rank[0][0]) == len(per_rank[1][0]) == 3
+
+
+def test_length_grouped_leaves_out_a_one_row_remainder():
+    make = lambda rank: LengthGroupedBatchSampler(list(range(41)), 10, num_replicas=2, rank=rank)  # noqa: E731
+    per_rank = all_ranks(make, 2)  # 41 = 2 global batches of 20 + 1 row: a 1-row batch would crash info_nce
+    assert [len(b) for b in per_rank[0]] == [10, 10] == [len(b) for b in per_rank[1]]
 
 
 @pytest.mark.parametrize("num_replicas", [1, 2])
@@ -137,3 +216,19 @@ def test_length_grouped(num_replicas, drop_last):
     assert means != sorted(means, reverse=True)  # batch order is shuffled, not longest first
     assert all_ranks(make, num_replicas, epoch=1)[0] != per_rank[0]
     assert all_ranks(make, num_replicas)[0] == per_rank[0]
+
+
+@pytest.mark.parametrize("num_replicas", [2, 4])
+def test_rank_parts_of_a_global_batch_are_the_one_process_batch(num_replicas):
+    """What makes N processes with gathered negatives equal one process on the global batch (README claim; the
+    trainer-level proof is tests/test_ddp_training.py): rank parts of each full global batch, concatenated,
+    are exactly the batch one process with batch_size x N builds, epoch after epoch (carry included)."""
+    data = pairs_with_repeats()
+    one = NoDuplicatesBatchSampler(data, 8 * num_replicas, seed=2)
+    for epoch in range(3):
+        one.set_epoch(epoch)
+        per_rank = all_ranks(lambda rank: NoDuplicatesBatchSampler(data, 8, seed=2, num_replicas=num_replicas,  # noqa: B023
+                                                                   rank=rank), num_replicas, epoch)
+        full = [b for b in one if len(b) == 8 * num_replicas]
+        assert len(full) == 403 // (8 * num_replicas)
+        assert [sum((ranks[step] for ranks in per_rank), []) for step in range(len(full))] == full

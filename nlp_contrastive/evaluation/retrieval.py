@@ -126,7 +126,9 @@ class RetrievalEvaluator(Evaluator):
 
     Only queries that appear in the qrels are encoded and scored (as MTEB does for a split). The corpus is
     encoded `corpus_chunk_size` documents at a time and merged into the running top-k, so neither its
-    embeddings nor the score matrix are ever held whole.
+    embeddings nor the score matrix are ever held whole. `ignore_identical_ids=True` drops a retrieved
+    document whose id equals the query id (MTEB's option of that name, for corpora that contain the queries);
+    one extra document is searched so the run still holds k documents per query.
     """
 
     primary_metric = "ndcg_at_10"
@@ -143,6 +145,7 @@ class RetrievalEvaluator(Evaluator):
         cutoffs: Mapping[str, Iterable[int]] = DEFAULT_CUTOFFS,
         corpus_chunk_size: int = 50_000,
         use_faiss: bool = False,
+        ignore_identical_ids: bool = False,
     ) -> None:
         if similarity not in SEARCH_SIMILARITIES:
             raise ValueError(f"{name}: similarity '{similarity}' is not supported: use one of {SEARCH_SIMILARITIES}")
@@ -165,6 +168,7 @@ class RetrievalEvaluator(Evaluator):
         self.similarity = similarity
         self.corpus_chunk_size = corpus_chunk_size
         self.use_faiss = use_faiss
+        self.ignore_identical_ids = bool(ignore_identical_ids)
         first = "ndcg" if "ndcg" in self.cutoffs else next(iter(self.cutoffs))
         self.primary_metric = f"{first}_at_{self.cutoffs[first][0]}"
 
@@ -177,10 +181,16 @@ class RetrievalEvaluator(Evaluator):
                 texts = [self.corpus[d] for d in self.doc_ids[start:start + self.corpus_chunk_size]]
                 yield encode_unique(encoder, [texts], self.batch_size)[0]
 
-        scores, indices = exact_top_k(query_embeddings, corpus_chunks(), self.k, similarity=self.similarity,
+        k = self.k + 1 if self.ignore_identical_ids else self.k
+        scores, indices = exact_top_k(query_embeddings, corpus_chunks(), k, similarity=self.similarity,
                                       use_faiss=self.use_faiss)
-        return {query: {self.doc_ids[j]: float(s) for s, j in zip(row_scores, row_indices, strict=True)}
-                for query, row_scores, row_indices in zip(self.query_ids, scores, indices, strict=True)}
+        run = {}
+        for query, row_scores, row_indices in zip(self.query_ids, scores, indices, strict=True):
+            ranked = [(self.doc_ids[j], float(s)) for s, j in zip(row_scores, row_indices, strict=True)]
+            if self.ignore_identical_ids:
+                ranked = [(doc, s) for doc, s in ranked if doc != query][:self.k]
+            run[query] = dict(ranked)
+        return run
 
     def score(self, predictions: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
         metrics = ranking_metrics(predictions, self.qrels, self.cutoffs)

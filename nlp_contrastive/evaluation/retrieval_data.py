@@ -17,15 +17,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from nlp_contrastive.evaluation.inputs import check_lengths, check_numbers, check_texts
+from nlp_contrastive.sources import is_beir_folder
 
 Queries = dict[str, str]
 Corpus = dict[str, str]
 Qrels = dict[str, dict[str, int]]
-
-
-def is_beir_folder(path: str | Path) -> bool:
-    path = Path(path)
-    return path.is_dir() and (path / "corpus.jsonl").is_file()
 
 
 def load_beir_folder(folder: str | Path, split: str) -> tuple[Queries, Corpus, Qrels]:
@@ -38,6 +34,31 @@ def load_beir_folder(folder: str | Path, split: str) -> tuple[Queries, Corpus, Q
     corpus = beir_corpus(_read_jsonl(folder / "corpus.jsonl"), source=str(folder / "corpus.jsonl"))
     queries = {str(row["_id"]): row.get("text") for row in _read_jsonl(folder / "queries.jsonl", ("_id", "text"))}
     return queries, corpus, read_qrels_tsv(qrels_file)
+
+
+def load_beir(source: str, split: str) -> tuple[Queries, Corpus, Qrels]:
+    """A BEIR folder, or the same data on the hub (configs corpus / queries / default, as MTEB publishes it)."""
+    if is_beir_folder(source):
+        return load_beir_folder(source, split)
+    from nlp_contrastive.data import load_split
+
+    return beir_from_rows(load_split(source, "corpus", config_name="corpus"),
+                          load_split(source, "queries", config_name="queries"),
+                          load_split(source, split, config_name="default"), source=source)
+
+
+def beir_from_rows(corpus_rows, query_rows, qrel_rows, source: str) -> tuple[Queries, Corpus, Qrels]:
+    """(queries, corpus, qrels) from the three row sets of a hub copy of a BEIR dataset."""
+    for rows, needed, what in ((query_rows, ("_id", "text"), "queries"),
+                               (qrel_rows, ("query-id", "corpus-id", "score"), "qrels")):
+        missing = [c for c in needed if c not in rows.column_names]
+        if missing:
+            raise ValueError(f"{source}: {what} have no column(s) {missing}: the BEIR layout needs {', '.join(needed)}")
+    corpus = beir_corpus(corpus_rows, source=f"{source} corpus")
+    queries = {str(i): t for i, t in zip(query_rows["_id"][:], query_rows["text"][:], strict=True)}
+    qrels = qrels_from_rows(qrel_rows["query-id"][:], qrel_rows["corpus-id"][:],
+                            qrel_rows["score"][:], f"{source} qrels")
+    return queries, corpus, qrels
 
 
 def beir_corpus(rows: Iterable[Mapping], source: str) -> Corpus:

@@ -2,7 +2,8 @@
 
 Task keys are the recipes' source keys (`nlp_contrastive.sources`: dataset, split, config_name, columns,
 filter, score_range, label_map, max_rows) plus `type` (sts | pair_classification | reranking | retrieval),
-`layout` (retrieval: pairs | beir) and `batch_size`.
+`layout` (retrieval: pairs | beir), `ignore_identical_ids` (retrieval: drop a retrieved document whose id
+is the query's, MTEB's option) and `batch_size`.
 A hub dataset is read from $NLPC_DATA_DIR/<task name lowercased>/ (or /<last part of the hub id>/) when that
 folder exists; otherwise, offline, building the task raises TaskUnavailable (the suite skips it).
 """
@@ -20,17 +21,16 @@ from nlp_contrastive.evaluation.pair_classification import PairClassificationEva
 from nlp_contrastive.evaluation.reranking import RerankingEvaluator, RerankingSample, group_candidates
 from nlp_contrastive.evaluation.retrieval import RetrievalEvaluator
 from nlp_contrastive.evaluation.retrieval_data import (
-    beir_corpus,
+    beir_from_rows,
     is_beir_folder,
     load_beir_folder,
     pairs_to_retrieval,
-    qrels_from_rows,
 )
 from nlp_contrastive.evaluation.sts import STSEvaluator
 from nlp_contrastive.sources import SOURCE_KEYS, Source, check_known_keys, is_local_path
 
 TASK_TYPES = ("sts", "pair_classification", "reranking", "retrieval")
-TASK_KEYS = ("type", "batch_size", "layout")  # besides the common source keys (nlp_contrastive.sources)
+TASK_KEYS = ("type", "batch_size", "layout", "ignore_identical_ids")  # besides the common source keys
 ROLES: dict[str, tuple[str, ...]] = {
     "sts": ("sentence1", "sentence2", "score"),
     "pair_classification": ("sentence1", "sentence2", "label"),
@@ -57,6 +57,7 @@ class TaskSpec:
     score_range: tuple[float, float] | None = None
     batch_size: int | None = None
     layout: str | None = None
+    ignore_identical_ids: bool = False
 
     filter: str | None = None
     max_rows: int | None = None
@@ -84,12 +85,17 @@ class TaskSpec:
         layout = raw.get("layout")
         if layout is not None and (kind != "retrieval" or layout not in LAYOUTS):
             raise ValueError(f"{where}: layout applies to type retrieval and is one of {', '.join(LAYOUTS)}")
+        ignore_identical = raw.get("ignore_identical_ids", False)
+        if not isinstance(ignore_identical, bool) or (ignore_identical and kind != "retrieval"):
+            raise ValueError(f"{where}: ignore_identical_ids must be true or false and applies to type retrieval, "
+                             f"got {ignore_identical!r}")
         batch_size = raw.get("batch_size")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
         return cls(name=name, type=kind, dataset=source.dataset, split=source.split, config_name=source.config_name,
                    columns=dict(source.columns), score_range=source.score_range, batch_size=batch_size, layout=layout,
-                   filter=source.filter, max_rows=source.max_rows, label_map=source.label_map)
+                   filter=source.filter, max_rows=source.max_rows, label_map=source.label_map,
+                   ignore_identical_ids=ignore_identical)
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -110,7 +116,8 @@ def build_evaluator(task_spec: Mapping[str, Any] | TaskSpec, *, name: str | None
     source, remote = _resolve_source(spec)
     if spec.type == "retrieval" and (spec.layout == "beir" or (spec.layout is None and is_beir_folder(source))):
         queries, corpus, qrels = _load_beir(spec, source, remote)
-        return RetrievalEvaluator(queries, corpus, qrels, name=spec.name, batch_size=size)
+        return RetrievalEvaluator(queries, corpus, qrels, name=spec.name, batch_size=size,
+                                  ignore_identical_ids=spec.ignore_identical_ids)
     rows = _load(spec, source, remote, spec.split, spec.config_name)
     columns = _columns(spec, rows)
     if spec.type == "sts":
@@ -128,7 +135,8 @@ def build_evaluator(task_spec: Mapping[str, Any] | TaskSpec, *, name: str | None
         return RerankingEvaluator(samples, name=spec.name, batch_size=size)
     queries, corpus, qrels = pairs_to_retrieval(columns["query"], columns["document"], columns.get("label"),
                                                 task=spec.name)
-    return RetrievalEvaluator(queries, corpus, qrels, name=spec.name, batch_size=size)
+    return RetrievalEvaluator(queries, corpus, qrels, name=spec.name, batch_size=size,
+                              ignore_identical_ids=spec.ignore_identical_ids)
 
 
 def _as_list(value) -> list:
@@ -176,17 +184,7 @@ def _load_beir(spec: TaskSpec, source: str, remote: bool):
     corpus_rows = _load(spec, source, remote, "corpus", "corpus")
     query_rows = _load(spec, source, remote, "queries", "queries")
     qrel_rows = _load(spec, source, remote, spec.split, spec.config_name or "default")
-    for rows, needed, what in ((query_rows, ("_id", "text"), "queries"),
-                               (qrel_rows, ("query-id", "corpus-id", "score"), "qrels")):
-        missing = [c for c in needed if c not in rows.column_names]
-        if missing:
-            raise ValueError(f"task '{spec.name}': {what} of {source} have no column(s) {missing}: the BEIR layout "
-                             f"needs {', '.join(needed)}")
-    corpus = beir_corpus(corpus_rows, source=f"{source} corpus")
-    queries = {str(i): t for i, t in zip(query_rows["_id"][:], query_rows["text"][:], strict=True)}
-    qrels = qrels_from_rows(qrel_rows["query-id"][:], qrel_rows["corpus-id"][:], qrel_rows["score"][:],
-                            f"{source} qrels")
-    return queries, corpus, qrels
+    return beir_from_rows(corpus_rows, query_rows, qrel_rows, source=f"task '{spec.name}': {source}")
 
 
 def _columns(spec: TaskSpec, rows) -> dict[str, list]:

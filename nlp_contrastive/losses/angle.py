@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -15,6 +14,7 @@ from nlp_contrastive.losses._common import (
     check_values,
     resolve_temperature,
 )
+from nlp_contrastive.losses.pairwise import ranked_pairs_loss
 
 LI_2024 = """@inproceedings{li2024aoe,
   title={AoE: Angle-optimized Embeddings for Semantic Textual Similarity},
@@ -42,14 +42,6 @@ def angle_similarity(a: Tensor, b: Tensor) -> Tensor:
     cosines = (a * b).sum(dim=-1)
     sines = (a_im * b_re - a_re * b_im).sum(dim=-1)
     return (cosines + sines).abs()
-
-
-def ranked_pairs_loss(similarities: Tensor, score: Tensor) -> Tensor:
-    """log(1 + sum_{score_i > score_j} exp(s_j - s_i)) for already-scaled similarities s [B] (the CoSENT form)."""
-    differences = similarities.unsqueeze(0) - similarities.unsqueeze(1)  # [i, j] = s_j - s_i
-    ordered = score.unsqueeze(1) > score.unsqueeze(0)
-    terms = differences.masked_fill(~ordered, torch.finfo(differences.dtype).min)
-    return torch.logsumexp(torch.cat([terms.new_zeros(1), terms.reshape(-1)]), dim=0)
 
 
 def angle(a: Tensor, b: Tensor, score: Tensor, *, temperature: float = DEFAULT_TEMPERATURE,

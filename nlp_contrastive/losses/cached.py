@@ -77,11 +77,14 @@ class CachedLoss(nn.Module):
     columns that are padding for every row of a mini-batch are cut off (right padding only, so positions and
     embeddings are unchanged).
 
-    DDP: every pass except the very last mini-batch's re-run calls the unwrapped `encoder.module`, so DDP sees
-    exactly one forward and one backward per step, as in an uncached step: gradients accumulate locally and
-    are all-reduced once, with the last mini-batch (or not at all inside the caller's `no_sync()`, e.g.
-    gradient accumulation). Ranks may have different numbers of mini-batches. Other wrappers with a
-    `no_sync()` (FSDP) are called for every pass, with all re-runs but the last inside `no_sync()`.
+    Gradient sync (data parallel): DDP sees exactly one forward and one backward per step, as in an uncached
+    step: every pass except the last mini-batch's re-run calls the unwrapped `encoder.module`, so gradients
+    accumulate locally and are all-reduced once, with the last mini-batch. Ranks may have different numbers of
+    mini-batches. Other wrappers (FSDP, DeepSpeed) are called for every pass. Which re-run passes may sync is
+    decided by `gradient_sync(final_pass) -> context manager`, called once per re-run pass: the trainer passes
+    `accelerator_sync(accelerator, model)` (accelerate's own `no_sync`, which knows each backend, and its
+    `sync_gradients` flag for gradient accumulation); without it, `wrapper_sync(encoder)` runs every re-run but
+    the final one inside the wrapper's own `no_sync()` if it has one (DDP's unwrapped passes need none).
 
     Under `torch.no_grad()` (evaluation) the loss is computed from mini-batch embeddings and nothing is cached.
     """
@@ -102,7 +105,8 @@ class CachedLoss(nn.Module):
         return f"mini_batch_size={self.mini_batch_size}, max_tokens_per_mini_batch={self.max_tokens_per_mini_batch}"
 
     def forward(self, encoder: Callable[..., torch.Tensor], features: dict[str, Features] | Batch, *,
-                negatives_index: torch.Tensor | None = None, **loss_kwargs) -> torch.Tensor:
+                negatives_index: torch.Tensor | None = None, gradient_sync: SyncContext | None = None,
+                **loss_kwargs) -> torch.Tensor:
         batch = features if isinstance(features, Batch) else Batch(
             features=features, negatives_index=negatives_index, extras=loss_kwargs)
         batch.check()
@@ -123,7 +127,7 @@ class CachedLoss(nn.Module):
             return self.loss(**batch.loss_kwargs(embeddings, self.loss))
         leaves = {role: e.detach().requires_grad_() for role, e in embeddings.items()}
         loss = self.loss(**batch.loss_kwargs(leaves, self.loss))
-        replay = _Replay(encoder, local, plan, autocast, loss, leaves)
+        replay = _Replay(encoder, local, plan, autocast, loss, leaves, gradient_sync or wrapper_sync(encoder))
         return _CachedBackward.apply(replay, loss.detach(), *leaves.values())
 
     def _split(self, inputs: Features) -> list[tuple[slice, Features]]:
@@ -180,13 +184,42 @@ class _AutocastState:
         return stack
 
 
+SyncContext = Callable[[bool], contextlib.AbstractContextManager]
+
+
+def wrapper_sync(encoder) -> SyncContext:
+    """Plain use (no trainer): every re-run but the final one inside the wrapper's own `no_sync()`, if it has one.
+
+    DDP is left out: its non-final passes call the unwrapped module, which DDP never sees.
+    """
+    no_sync = None if isinstance(encoder, DistributedDataParallel) else getattr(encoder, "no_sync", None)
+
+    def context(final_pass: bool) -> contextlib.AbstractContextManager:
+        return no_sync() if callable(no_sync) and not final_pass else contextlib.nullcontext()
+
+    return context
+
+
+def accelerator_sync(accelerator, model) -> SyncContext:
+    """Under accelerate: the final re-run syncs only when accelerate will step the optimizer (`sync_gradients` is
+    False inside a gradient-accumulation window); every other pass runs in `accelerator.no_sync(model)`, which
+    is a no-op where the backend syncs by itself (DeepSpeed ZeRO >= 2, whose `engine.no_sync()` raises)."""
+
+    def context(final_pass: bool) -> contextlib.AbstractContextManager:
+        if final_pass and accelerator.sync_gradients:
+            return contextlib.nullcontext()
+        return accelerator.no_sync(model)
+
+    return context
+
+
 class _Replay:
     """Everything the backward needs: the loss graph over the embedding leaves and the mini-batch plan."""
 
     def __init__(self, encoder, local, plan: list[_MiniBatch], autocast: _AutocastState,
-                 loss: torch.Tensor, leaves: dict[str, torch.Tensor]) -> None:
+                 loss: torch.Tensor, leaves: dict[str, torch.Tensor], gradient_sync: SyncContext) -> None:
         self.encoder, self.local, self.plan, self.autocast = encoder, local, plan, autocast
-        self.loss, self.leaves = loss, leaves
+        self.loss, self.leaves, self.gradient_sync = loss, leaves, gradient_sync
 
     def backward(self, grad_output: torch.Tensor) -> None:
         # Leaf gradients (and those of any parameters of the loss itself), already scaled by grad_output.
@@ -198,10 +231,8 @@ class _Replay:
             for i, mini_batch in enumerate(self.plan):
                 last = i == len(self.plan) - 1
                 module = self.encoder if last else self.local
-                no_sync = getattr(module, "no_sync", None)
-                sync_context = no_sync() if callable(no_sync) and not last else contextlib.nullcontext()
                 mini_batch.random_state.restore()
-                with sync_context:
+                with self.gradient_sync(last):
                     with torch.enable_grad(), self.autocast():
                         embedding = module(**mini_batch.inputs)
                     torch.autograd.backward(embedding, grads[mini_batch.role][mini_batch.rows].to(embedding.dtype))

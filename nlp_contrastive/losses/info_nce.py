@@ -43,6 +43,7 @@ def info_nce(
     anchor_ids: Tensor | None = None,
     positive_ids: Tensor | None = None,
     negative_ids: Tensor | None = None,
+    known_positive_ids: Tensor | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     """InfoNCE / multiple-negatives ranking loss: each anchor must pick its own positive among all candidates.
@@ -67,6 +68,11 @@ def info_nce(
             pair with row i's anchor text (symmetric direction: the anchor of a pair with row i's positive text);
             (b) it repeats the text of an earlier candidate, so each distinct text counts once.
             Without ids nothing is masked (sentence-transformers' behaviour).
+        known_positive_ids [B, P] int64 (-1 = padding): ids of every text known to be relevant to row i's anchor
+            (e.g. all qrels positives of its query, its own positive included). Any candidate — another row's
+            positive (on any rank) or a hard negative — whose id is among them is masked for row i, except row
+            i's target: a query with several positives never sees its other positives as negatives. Needs
+            positive_ids (and negative_ids when negatives are given), hashed the same way.
         temperature t > 0 (default 0.05), or `scale` = 1/t (sentence-transformers' convention); not both.
         similarity: "cosine" | "dot" | "euclidean" | "manhattan" (distances enter negated).
         reduction: "mean" | "sum" | "none" (per local row, [B]).
@@ -90,6 +96,7 @@ def info_nce(
     batch = anchor.shape[0]
     _check_ids(anchor_ids, "anchor_ids", (batch,))
     _check_ids(positive_ids, "positive_ids", (batch,))
+    _check_known_positive_ids(known_positive_ids, batch, positive_ids, negative_ids, negatives)
     negs, neg_ids = _real_negatives(anchor, negatives, negatives_mask, negative_ids)
 
     world = None if gather_across_devices else 1
@@ -128,6 +135,7 @@ def info_nce(
             _any(_equal(all_neg_ids, positive_ids), _equal(all_neg_ids, anchor_ids)),
         ),
         _repeats(all_positive_ids, all_neg_ids, global_rows, n_negs),
+        _known_positive(known_positive_ids, all_positive_ids, all_neg_ids),
     )
     losses = _cross_entropy(logits, targets, masked)
 
@@ -149,6 +157,29 @@ def _check_ids(ids: Tensor | None, name: str, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} must have shape {list(shape)} (one id per text), got {tuple(ids.shape)}")
     if ids.dtype.is_floating_point:
         raise ValueError(f"{name} must be an integer tensor (e.g. int64 hashes of the texts), got {ids.dtype}")
+
+
+def _check_known_positive_ids(known: Tensor | None, batch: int, positive_ids: Tensor | None,
+                              negative_ids: Tensor | None, negatives: Tensor | None) -> None:
+    if known is None:
+        return
+    if known.dim() != 2 or known.shape[0] != batch:
+        raise ValueError(f"known_positive_ids must have shape [{batch}, P] (P ids per row, -1 = padding), got "
+                         f"{tuple(known.shape)}")
+    if known.dtype.is_floating_point:
+        raise ValueError(f"known_positive_ids must be an integer tensor (hashes of the texts), got {known.dtype}")
+    if positive_ids is None or (negatives is not None and negative_ids is None):
+        raise ValueError("known_positive_ids needs positive_ids (and negative_ids when negatives are given), "
+                         "hashed the same way, to find the candidates to mask")
+
+
+def _known_positive(known: Tensor | None, positive_ids: Tensor | None, negative_ids: Tensor | None) -> Tensor | None:
+    """[B, C] True where candidate j's id is one of row i's known positives (padding -1 never matches)."""
+    if known is None:
+        return None
+    candidates = positive_ids if negative_ids is None else torch.cat([positive_ids, negative_ids])
+    hits = known.unsqueeze(2) == candidates.view(1, 1, -1)
+    return (hits & (known != -1).unsqueeze(2)).any(dim=1)
 
 
 def _real_negatives(anchor: Tensor, negatives: Tensor | None, negatives_mask: Tensor | None,
@@ -252,9 +283,9 @@ class InfoNCELoss(LossModule):
     def forward(self, anchor: Tensor, positive: Tensor, negatives: Tensor | None = None, *,
                 negative: Tensor | None = None, negatives_mask: Tensor | None = None,
                 anchor_ids: Tensor | None = None, positive_ids: Tensor | None = None,
-                negative_ids: Tensor | None = None) -> Tensor:
+                negative_ids: Tensor | None = None, known_positive_ids: Tensor | None = None) -> Tensor:
         if negative is not None or negatives is not None:
             negatives = pick_negatives(negative, negatives, "InfoNCELoss")
         return info_nce(anchor, positive, negatives,
                         negatives_mask=negatives_mask, anchor_ids=anchor_ids, positive_ids=positive_ids,
-                        negative_ids=negative_ids, **self._config)
+                        negative_ids=negative_ids, known_positive_ids=known_positive_ids, **self._config)

@@ -80,7 +80,13 @@ def cosent(a: Tensor, b: Tensor, score: Tensor, *, temperature: float = DEFAULT_
     score = check_values("score", score, a.shape[0])
     with autocast_off(a.device):
         cos = pairwise_similarity(at_least_float32(a), at_least_float32(b), "cosine") / tau
-    differences = cos.unsqueeze(0) - cos.unsqueeze(1)  # [i, j] = (cos_j - cos_i) / t
+    return ranked_pairs_loss(cos, score)
+
+
+def ranked_pairs_loss(similarities: Tensor, score: Tensor) -> Tensor:
+    """log(1 + sum_{score_i > score_j} exp(s_j - s_i)) for already-scaled similarities s [B] (the CoSENT form,
+    shared with AnglE)."""
+    differences = similarities.unsqueeze(0) - similarities.unsqueeze(1)  # [i, j] = s_j - s_i
     ordered = score.unsqueeze(1) > score.unsqueeze(0)  # pairs where score_i > score_j
     terms = differences.masked_fill(~ordered, torch.finfo(differences.dtype).min)
     return torch.logsumexp(torch.cat([terms.new_zeros(1), terms.reshape(-1)]), dim=0)
@@ -112,16 +118,17 @@ def online_contrastive(a: Tensor, b: Tensor, label: Tensor, *, margin: float = 1
     """Contrastive loss on the hard pairs of the batch only.
 
     Hard positives are similar pairs farther apart than the closest dissimilar pair; hard negatives are
-    dissimilar pairs closer than the farthest similar pair (when the batch has no dissimilar/similar pair,
-    the threshold is the mean distance of the other kind, as in sentence-transformers). Per pair:
+    dissimilar pairs closer than the farthest similar pair. A batch with no dissimilar (similar) pair compares
+    each similar (dissimilar) pair with the mean distance of the similar (dissimilar) pairs instead. Per pair:
 
         l_i = 1/2 * d_i^2 (hard positive),  1/2 * max(0, margin - d_i)^2 (hard negative),  0 otherwise
 
     Inputs: a [B, D] ("anchor"), b [B, D] ("positive"), label [B] in {0, 1} ("label").
     reduction "mean" divides by B (all pairs), "none" returns [B] with easy pairs at 0.
     When to use: binary-labelled pairs where most pairs are already easy; often better than `contrastive`.
-    sentence-transformers' OnlineContrastiveLoss returns the *sum* without the 1/2, i.e.
-    2 * online_contrastive(..., reduction="sum").
+    sentence-transformers' OnlineContrastiveLoss (>= 6.2) returns the *sum* without the 1/2, i.e.
+    2 * online_contrastive(..., reduction="sum"). Before 6.2 it also differed when a batch held exactly one
+    similar (dissimilar) pair: it then used the mean rule above instead of that one pair's distance.
     Reference: Hadsell, Chopra & LeCun, CVPR 2006 (loss); hard-pair mining as in sentence-transformers.
     """
     check_reduction(reduction)

@@ -100,7 +100,7 @@ def test_runs_and_formats_an_aligned_table(tmp_path, jsonl, table_encoder):
 
 
 def test_recipe_style_task_list_batch_size_and_describe(data_dir):
-    """The form `eval_tasks` / `final_eval_tasks` in recipes use, as nlp_contrastive.pipeline passes it."""
+    """The form `eval_tasks` / `final_eval_tasks` in recipes use, as nlp_contrastive.train passes it."""
     suite = load_suite({"tasks": [{"name": "stsb-test", "type": "sts", "dataset": "stsb", "split": "test"},
                                   {"type": "pair_classification", "dataset": "msrp", "split": "validation"}],
                         "batch_size": 16})

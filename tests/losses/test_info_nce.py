@@ -282,3 +282,75 @@ def test_module_calls_function_with_roles():
     with pytest.raises(ValueError, match="not both|both negative"):
         module(anchor=data["anchor"], positive=data["positive"], negative=data["negatives"][:, 0],
                negatives=data["negatives"])
+
+
+# ------------------------------------------------------------------------------ known positives (multi-positive)
+def _multi_positive_batch():
+    """Rows 0 and 1 are the same query with two relevant documents (ids 10, 11); row 2 is another query whose
+    hard negative is document 11 and whose own positive is 12. Row 0 also knows document 14 as relevant (row 1's
+    hard negative: a positive the miner didn't know of for row 1's copy), so it is masked for row 0 only."""
+    g = torch.Generator().manual_seed(0)
+    anchor, positive, negatives = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g), torch.randn(3, 1, 8, generator=g)
+    negatives[2, 0] = positive[1]  # the same text as row 1's positive
+    return dict(anchor=anchor, positive=positive, negatives=negatives,
+                positive_ids=torch.tensor([10, 11, 12]), negative_ids=torch.tensor([[13], [14], [11]]),
+                known_positive_ids=torch.tensor([[10, 11, 14], [11, 10, -1], [12, -1, -1]]))
+
+
+def test_known_positives_are_never_negatives_on_paper():
+    data = _multi_positive_batch()
+    tau = 0.05
+    s = lambda x, y: torch.nn.functional.cosine_similarity(x, y, dim=0) / tau  # noqa: E731
+    a, p, n = data["anchor"], data["positive"], data["negatives"][:, 0]
+    candidates = [p[0], p[1], p[2], n[0], n[1], n[2]]  # ids 10, 11, 12, 13, 14, 11
+    allowed = {0: [0, 2, 3], 1: [1, 2, 3, 4], 2: [0, 1, 2, 3, 4]}  # candidate 5 repeats id 11: masked for all
+    expected = torch.stack([torch.logsumexp(torch.stack([s(a[i], candidates[c]) for c in allowed[i]]), 0)
+                            - s(a[i], p[i]) for i in range(3)])
+    losses = info_nce(**data, reduction="none")
+    torch.testing.assert_close(losses, expected)
+    without = info_nce(**{k: v for k, v in data.items() if k != "known_positive_ids"}, reduction="none")
+    assert (without[:2] > losses[:2]).all() and torch.isclose(without[2], losses[2])  # only rows 0, 1 change
+    module = InfoNCELoss()(data["anchor"], data["positive"], data["negatives"], positive_ids=data["positive_ids"],
+                           negative_ids=data["negative_ids"], known_positive_ids=data["known_positive_ids"])
+    torch.testing.assert_close(module, losses.mean())
+
+
+def test_known_positive_ids_need_the_candidate_ids():
+    data = _multi_positive_batch()
+    with pytest.raises(ValueError, match="known_positive_ids needs positive_ids"):
+        info_nce(data["anchor"], data["positive"], known_positive_ids=data["known_positive_ids"])
+    with pytest.raises(ValueError, match=r"known_positive_ids must have shape \[3, P\]"):
+        info_nce(data["anchor"], data["positive"], positive_ids=data["positive_ids"],
+                 known_positive_ids=torch.tensor([10, 11, 12]))
+
+
+def _known_positive_worker(rank: int, port: int, data: dict, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        rows = slice(0, 1) if rank == 0 else slice(1, 3)  # uneven halves: the multi-positive query is split
+        local = {k: v[rows].clone() for k, v in data.items()}
+        local["anchor"].requires_grad_(True)
+        losses = info_nce(**local, gather_across_devices=True, reduction="none")
+        torch.save(losses.detach(), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_known_positives_are_masked_across_devices(tmp_path):
+    """Row 0 on rank 0 must not see row 1's positive, which lives on rank 1 (gathered candidates)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = _multi_positive_batch()
+    torch.multiprocessing.spawn(_known_positive_worker, args=(port, data, str(tmp_path)), nprocs=2)
+    gathered = torch.cat([torch.load(tmp_path / f"rank{r}.pt") for r in range(2)])
+    torch.testing.assert_close(gathered, info_nce(**data, reduction="none"))

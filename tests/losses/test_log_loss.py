@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from nlp_contrastive.losses.cached import CachedLoss
 from nlp_contrastive.losses import LOSSES, LogLoss, log_loss
+from nlp_contrastive.losses.cached import CachedLoss
 from tests.conftest import make_tiny_encoder
 from tests.losses.naive_losses import assert_value_and_grad, naive_log_loss
 

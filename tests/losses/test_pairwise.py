@@ -50,19 +50,26 @@ def naive_contrastive(a, b, label, margin, distance):
 
 
 def naive_online_contrastive(a, b, label, margin, distance):
+    """From the definition, pair by pair: a similar pair is hard if SOME dissimilar pair is closer than it, a
+    dissimilar pair is hard if SOME similar pair is farther than it. A batch without the other kind compares
+    each pair with the mean distance of its own kind instead."""
     d = [dist(a[i], b[i], distance) for i in range(len(a))]
-    pos = [d[i].item() for i in range(len(a)) if label[i] == 1]
-    neg = [d[i].item() for i in range(len(a)) if label[i] == 0]
-    closest_negative = min(neg) if neg else sum(pos) / len(pos)
-    farthest_positive = max(pos) if pos else sum(neg) / len(neg)
+    similar = [i for i in range(len(a)) if label[i] == 1]
+    dissimilar = [i for i in range(len(a)) if label[i] == 0]
+
+    def mean_distance(rows):
+        return sum(d[j].item() for j in rows) / len(rows)
+
     rows = []
     for i in range(len(a)):
-        if label[i] == 1 and d[i].item() > closest_negative:
-            rows.append(0.5 * d[i] ** 2)
-        elif label[i] == 0 and d[i].item() < farthest_positive:
-            rows.append(0.5 * relu(margin - d[i]) ** 2)
+        if label[i] == 1:
+            hard = (any(d[j].item() < d[i].item() for j in dissimilar) if dissimilar
+                    else d[i].item() > mean_distance(similar))
+            rows.append(0.5 * d[i] ** 2 if hard else d[i] * 0)
         else:
-            rows.append(d[i] * 0)
+            hard = (any(d[j].item() > d[i].item() for j in similar) if similar
+                    else d[i].item() < mean_distance(dissimilar))
+            rows.append(0.5 * relu(margin - d[i]) ** 2 if hard else d[i] * 0)
     return torch.stack(rows)
 
 
@@ -100,6 +107,8 @@ def test_contrastive_matches_loop(dtype, distance, margin):
     ("cosine", 1.0, [1, 0, 1, 0, 1, 0]),
     ("euclidean", 4.0, [1, 1, 1, 1, 1, 1]),  # no negatives: threshold = mean positive distance
     ("manhattan", 8.0, [0, 0, 0, 0, 0, 0]),  # no positives: threshold = mean negative distance
+    ("euclidean", 4.0, [0, 0, 1, 0, 0, 0]),  # one positive: it alone is the negatives' threshold
+    ("euclidean", 4.0, [1, 1, 1, 0, 1, 1]),  # one negative: it alone is the positives' threshold
 ])
 def test_online_contrastive_matches_loop(dtype, distance, margin, label):
     a, b = _pairs(seed=2)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
+from sentence_transformers import __version__ as st_version  # noqa: E402
 from sentence_transformers.sentence_transformer.losses.batch_hard_triplet import (  # noqa: E402
     BatchHardTripletLossDistanceFunction,
 )
@@ -121,6 +122,31 @@ def test_contrastive_and_online_contrastive_equal(distance, metric, margin, atol
     online = st_losses.OnlineContrastiveLoss(model=None, distance_metric=metric, margin=margin)
     _same(lambda c: 2 * online_contrastive(c[0], c[1], labels, margin=margin, distance=distance, reduction="sum"),
           lambda c: online.compute_loss_from_embeddings(c, labels), _columns(2, seed=4), atol=atol)
+
+
+# sentence-transformers < 6.2 mined against the mean distance of a pair's own kind when the batch had exactly ONE
+# pair of the other kind (its rule was `len(...) > 1`); 6.2 and we use that one pair, as the definition says.
+ST_MINES_SINGLE_PAIR = tuple(int(x) for x in st_version.split(".")[:2]) >= (6, 2)
+
+
+@pytest.mark.parametrize("labels", [
+    [1, 0, 0, 0, 0, 0, 0, 0],  # exactly one positive
+    [1, 1, 0, 1, 1, 1, 1, 1],  # exactly one negative
+    [1, 1, 1, 1, 1, 1, 1, 1],  # no negative
+    [0, 0, 0, 0, 0, 0, 0, 0],  # no positive
+])
+def test_online_contrastive_with_one_or_no_pair_of_a_kind(labels):
+    labels = torch.tensor(labels, dtype=torch.float64)
+    # margin 2 (the largest cosine distance): every mined negative adds to the loss, so the mining shows.
+    online = st_losses.OnlineContrastiveLoss(model=None, distance_metric=SiameseDistanceMetric.COSINE_DISTANCE,
+                                             margin=2.0)
+    ours = lambda c: 2 * online_contrastive(c[0], c[1], labels, margin=2.0, distance="cosine", reduction="sum")  # noqa: E731
+    theirs = lambda c: online.compute_loss_from_embeddings(c, labels)  # noqa: E731
+    columns = _columns(2, seed=3)
+    if ST_MINES_SINGLE_PAIR or labels.sum() in (0, len(labels)):
+        _same(ours, theirs, columns)
+    else:  # the documented difference: it must show, or the note in the README is stale
+        assert not torch.isclose(ours(columns), theirs(columns).to(torch.float64))
 
 
 @pytest.mark.parametrize("distance, metric", [

@@ -1,0 +1,110 @@
+"""The trainer under `accelerate launch` with 2 CPU processes (gloo): DDP and DeepSpeed ZeRO-2 give the same weights.
+
+FSDP is not here: accelerate enables it only for GPU-like devices (AcceleratorState turns FSDP on for MULTI_GPU /
+NPU / XPU..., never MULTI_CPU), so `recipes/accelerate/fsdp.yaml` on a CPU silently runs plain data parallel.
+The FSDP save path (`_save` writing the state dict the Trainer gathered) is tested in tests/test_trainer.py.
+
+Every run trains the same tiny random BERT for 2 optimizer steps of gradient accumulation 2 with plain SGD (Adam
+would turn float round-off in near-zero gradients into full-size steps), then the saved model.safetensors are
+compared. The reference is the plain DDP run without GradCache.
+
+In fp32, GradCache vs uncached under DDP + gradient accumulation differ by ~1e-6 of the update's norm (measured
+9.8e-7); the defects these tests guard against (a missed or doubled all-reduce, a shard saved as the model) move it
+by O(1). So "equal" below is a relative difference of the weight update under 1e-5.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO_ROOT, make_tiny_encoder
+
+pytestmark = pytest.mark.slow
+
+INFONCE = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")
+ACCELERATE = REPO_ROOT / "recipes" / "accelerate"
+DDP = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+       "--dynamo_backend", "no"]
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+
+
+def launch(launcher: list[str], model_dir, out, *extra: str) -> subprocess.CompletedProcess:
+    recipe_args = ["--model_name_or_path", str(model_dir), "--output_dir", str(out), "--max_train_rows", "64",
+                   "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2", "--max_steps", "2",
+                   "--optim", "sgd", "--learning_rate", "0.1", "--lr_scheduler_type", "constant",
+                   "--warmup_steps", "0", "--bf16", "false", "--use_cpu", "true", "--eval_tasks", "[]",
+                   "--final_eval_tasks", "[]", "--eval_strategy", "no", "--save_strategy", "no",
+                   "--load_best_model_at_end", "false", "--report_to", "none", "--logging_steps", "1",
+                   "--cache_mini_batch_size", "3", *extra]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "nlp_contrastive.train", INFONCE,
+           *recipe_args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+
+
+def update(run_dir, initial: dict[str, torch.Tensor]) -> torch.Tensor:
+    weights = load_file(os.path.join(run_dir, "model.safetensors"))
+    assert sorted(weights) == sorted(initial), "saved keys differ from the model's"
+    for name, tensor in weights.items():
+        assert tensor.shape == initial[name].shape, f"{name} saved with shape {tuple(tensor.shape)} (a shard?)"
+    return torch.cat([(weights[k] - initial[k]).flatten() for k in sorted(initial)])
+
+
+def assert_same_update(run_dir, reference: torch.Tensor, initial) -> None:
+    ours = update(run_dir, initial)
+    relative = ((ours - reference).norm() / reference.norm()).item()
+    assert relative < 1e-5, f"weight update differs from the DDP reference by {relative:.2e} of its norm"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    make_tiny_encoder().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def initial(tiny_dir):
+    return load_file(tiny_dir / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tiny_dir, tmp_path_factory, initial, data_dir):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    proc = launch(DDP, tiny_dir, out, "--cached", "false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = update(out, initial)
+    assert reference.norm() > 1e-2, "training did not move the weights"
+    return reference
+
+
+def test_gradcache_ddp_gradient_accumulation_equals_uncached(tiny_dir, tmp_path, initial, ddp_reference):
+    proc = launch(DDP, tiny_dir, tmp_path / "cached", "--cached", "true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_update(tmp_path / "cached", ddp_reference, initial)
+
+
+needs_deepspeed = pytest.mark.skipif(not HAS_DEEPSPEED,
+                                     reason="deepspeed is not installed (pip install nlp-contrastive[deepspeed])")
+ZERO2 = ["--config_file", str(ACCELERATE / "deepspeed.yaml"), "--mixed_precision", "no"]
+
+
+@needs_deepspeed
+def test_deepspeed_zero2_equals_ddp(tiny_dir, tmp_path, initial, ddp_reference):
+    proc = launch(ZERO2, tiny_dir, tmp_path / "zero2", "--cached", "false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_update(tmp_path / "zero2", ddp_reference, initial)
+
+
+@needs_deepspeed
+def test_deepspeed_zero2_rejects_gradcache_with_one_line(tiny_dir, tmp_path, data_dir):
+    proc = launch(ZERO2, tiny_dir, tmp_path / "zero2-cached", "--cached", "true")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and errors and "DeepSpeed ZeRO stage 2" in errors[0], proc.stderr[-3000:]
