@@ -156,11 +156,11 @@ def test_disk_full_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous
     original = Encoder._write_folder
     out = tmp_path / "o"
 
-    def full_disk_at_second_checkpoint(self, folder):
+    def full_disk_at_second_checkpoint(self, folder, *args, **kwargs):
         if "checkpoint-4" in str(folder):
             (folder / "model.safetensors").write_bytes(b"half")  # what a full disk leaves
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "model.safetensors"))
-        return original(self, folder)
+        return original(self, folder, *args, **kwargs)
 
     monkeypatch.setattr(Encoder, "_write_folder", full_disk_at_second_checkpoint)
     args = overrides(tiny_model_dir, out, trap, "--loss", "cosine_similarity", "--save_steps", "2", "--max_steps", "6")
