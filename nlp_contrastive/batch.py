@@ -32,6 +32,8 @@ _TEXT_ID_ARGUMENTS = {"anchor": "anchor_ids", "positive": "positive_ids", "negat
 _OPTIONAL_ARGUMENTS = frozenset(_TEXT_ID_ARGUMENTS.values())
 
 Features = dict[str, torch.Tensor]
+# Optional dataset column with each row's index; collated as the batch's `row_ids` so errors can name the rows.
+ROW_ID = "row_id"
 
 
 def token_column(role: str) -> str:
@@ -148,7 +150,10 @@ class BatchCollator:
         for name in VALUE_ROLES:
             if name in rows[0]:
                 batch.values[name] = torch.tensor([float(row[name]) for row in rows], dtype=torch.float32)
-        return batch.as_inputs()
+        inputs = batch.as_inputs()
+        if ROW_ID in rows[0]:
+            inputs["row_ids"] = torch.tensor([row[ROW_ID] for row in rows], dtype=torch.long)
+        return inputs
 
     def pad(self, sequences: list[list[int]]) -> Features:
         width = max(len(s) for s in sequences)

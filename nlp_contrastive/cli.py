@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        check_writable(args.output, "--output", folder=False)
+        check_writable(args.plot, "--plot", folder=True)
         suite = suite_from_args(args)
         evaluators = suite.evaluators()  # load and check all data before spending time on the model
         encoder = _load_encoder(args.model, args.device)
@@ -69,6 +72,20 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.output:
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def check_writable(path: str | None, flag: str, *, folder: bool) -> None:
+    """Fail before the (long) evaluation when its output could not be written at the end."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.exists() and target.is_dir() != folder:
+        raise ValueError(f"cannot write {flag} '{path}': it exists and is a {'file' if folder else 'folder'}")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write {flag} '{path}': '{parent}' is not a writable folder; choose another path")
 
 
 def suite_from_args(args: argparse.Namespace):
@@ -136,8 +153,9 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    """Exit code 1 with a one-line error (no traceback) when the push cannot happen."""
-    from nlp_contrastive.hub import HubPushError, push_to_hub
+    """A one-line error (no traceback) when the push cannot happen: exit code 2 for bad input (as train and eval),
+    1 when the hub failed (the same command may work later)."""
+    from nlp_contrastive.hub import HubInputError, HubPushError, push_to_hub
 
     try:
         result = push_to_hub(args.output_dir, args.repo_id, private=args.private, revision=args.revision,
@@ -145,7 +163,7 @@ def run_push(args: argparse.Namespace) -> int:
                              include_logs=args.include_logs)
     except HubPushError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, HubInputError) else 1
     print(result if args.dry_run else f"Pushed {args.output_dir} to {result}")
     return 0
 

@@ -19,7 +19,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from nlp_contrastive.modeling import DEFAULT_MODEL
-from nlp_contrastive.sources import check_known_keys
+from nlp_contrastive.sources import check_known_keys, yaml_problem
 
 SECTIONS = ("model", "data", "loss", "eval", "training")
 
@@ -29,6 +29,12 @@ class ContrastiveTrainingArguments(transformers.TrainingArguments):
     """TrainingArguments plus the one guard transformers 5 dropped: refuse to train into a used output dir."""
 
     overwrite_output_dir: bool = field(default=False, metadata={"help": "allow a non-empty output_dir"})
+    nan_policy: str = field(default="stop", metadata={
+        "help": "on a NaN/inf loss: stop (error naming the step and rows; checkpoints kept) or skip the batch"})
+
+
+_OUR_TRAINING_KEYS = ("overwrite_output_dir", "nan_policy")
+NAN_POLICIES = ("stop", "skip")
 
 
 TrainingArguments = ContrastiveTrainingArguments
@@ -137,7 +143,7 @@ def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
         try:
             loaded = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise ValueError(f"recipe '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise ValueError(f"recipe '{path}' is not valid YAML: {yaml_problem(exc)}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"recipe '{path}' must be a mapping of keys to values, got {type(loaded).__name__}")
         values = flatten_sections(loaded, source=str(path))
@@ -158,10 +164,13 @@ def check_recipe(recipe: Recipe) -> None:
     """Every check that needs no model and no data: sources, sampler, loss and its kwargs against the roles the
     sources map, evaluation settings."""
     from nlp_contrastive.data import check_prompts, train_source
+    from nlp_contrastive.evaluation.suite import check_tasks
     from nlp_contrastive.losses.build import build_loss, check_loss_roles
     from nlp_contrastive.multi_dataset import check_multi_dataset_sampling
     from nlp_contrastive.sampling import check_batch_sampler
 
+    args = recipe.training
+    check_numbers(recipe)
     sources = [train_source(spec, i) for i, spec in enumerate(recipe.data.train_data)]
     check_lora(recipe.model)
     check_prompts(recipe.data.prompts)
@@ -172,8 +181,8 @@ def check_recipe(recipe: Recipe) -> None:
     check_batch_sampler(recipe.data.batch_sampler)
     check_multi_dataset_sampling(recipe.data.multi_dataset_sampling, recipe.data.source_weights,
                                  recipe.data.sampling_temperature, len(sources))
+    check_loss_kwargs(recipe.loss.loss, recipe.loss.loss_kwargs)
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs)
-    args = recipe.training
     if sources:
         batch = args.per_device_train_batch_size * (args.world_size if recipe.loss_gathers() else 1)
         check_loss_roles(loss, recipe.loss.loss, sources[0].columns, batch_size=batch)
@@ -182,6 +191,48 @@ def check_recipe(recipe: Recipe) -> None:
         raise ValueError(f"eval_strategy is '{eval_strategy}' but eval_tasks is empty: add "
                          "eval_tasks (e.g. [{name: stsb-validation, type: sts, dataset: stsb, split: validation}]) "
                          "or set eval_strategy: 'no' (and load_best_model_at_end: false)")
+    check_tasks(recipe.eval.eval_tasks, "eval_tasks")
+    check_tasks(recipe.eval.final_eval_tasks, "final_eval_tasks")
+
+
+def check_numbers(recipe: Recipe) -> None:
+    """Sizes and rates the type check lets through but training cannot use (a batch of 0 divides by zero deep
+    inside Trainer; a negative learning rate fails only when the optimizer is built, after the model loaded)."""
+    args = recipe.training
+    at_least_one = {"per_device_train_batch_size": args.per_device_train_batch_size,
+                    "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                    "eval_batch_size": recipe.eval.eval_batch_size,
+                    "cache_mini_batch_size": recipe.loss.cache_mini_batch_size,
+                    "max_seq_length": recipe.model.max_seq_length, "max_train_rows": recipe.data.max_train_rows}
+    for key, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
+    if args.learning_rate < 0:
+        raise ValueError(f"learning_rate must be >= 0, got {args.learning_rate}: use e.g. 2e-5")
+    if args.max_steps <= 0 and not args.num_train_epochs > 0:
+        raise ValueError(f"num_train_epochs must be > 0 (or set max_steps), got {args.num_train_epochs}")
+    if args.nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {args.nan_policy!r}")
+
+
+def check_loss_kwargs(name: str, loss_kwargs: dict) -> None:
+    """Numeric hyperparameters are numbers and margins are not negative (a negative margin silently turns a
+    hinge loss into one that is satisfied by any embedding); unknown names are build_loss's check."""
+    import inspect
+
+    from nlp_contrastive.losses import LOSSES
+
+    if name not in LOSSES:
+        return
+    defaults = {p.name: p.default for p in inspect.signature(LOSSES[name].__init__).parameters.values()}
+    for key, value in loss_kwargs.items():
+        default = defaults.get(key)
+        numeric = key in ("temperature", "scale", "margin") or (
+            isinstance(default, (int, float)) and not isinstance(default, bool))
+        if numeric and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"loss_kwargs for '{name}': {key} must be a number, got {value!r}")
+        if key == "margin" and value is not None and value < 0:
+            raise ValueError(f"loss_kwargs for '{name}': margin must be >= 0, got {value}")
 
 
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
@@ -259,7 +310,11 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
                 i += 1
             else:
                 raw = "true"
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--{key} value {raw!r} is not valid YAML ({yaml_problem(exc)}): quote it, "
+                             "e.g. --key \"'text'\"") from None
         if isinstance(value, bool) and raw.lower() not in ("true", "false"):
             value = raw  # YAML 1.1 reads no/off/yes/on as booleans; `--eval_strategy no` means the string
         values[key] = value
@@ -269,7 +324,8 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
 
 def check_keys_and_types(values: dict[str, Any]) -> None:
     keys = valid_keys()
-    check_known_keys(values, keys, "recipe")
+    ours = sorted(k for k, cls in keys.items() if cls is not TrainingArguments or k in _OUR_TRAINING_KEYS)
+    check_known_keys(values, keys, "recipe", listed=f"{', '.join(ours)} and any TrainingArguments field")
     for key, value in values.items():
         expected = _field_type(keys[key], key)
         value = values[key] = _coerce_number(value, expected)

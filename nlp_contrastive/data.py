@@ -8,6 +8,8 @@ Sources, in the order they are tried:
 
 from __future__ import annotations
 
+import json
+import logging
 import operator
 import os
 import re
@@ -21,7 +23,7 @@ import pyarrow.compute as pc
 import yaml
 
 from nlp_contrastive.batch import LIST_ROLES, ROLES, TEXT_ROLES, VALUE_ROLES, token_column
-from nlp_contrastive.sources import Source, is_beir_folder, is_local_path
+from nlp_contrastive.sources import Source, is_beir_folder, is_local_path, yaml_problem
 
 DATA_DIR_ENV = "NLPC_DATA_DIR"
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
@@ -106,12 +108,51 @@ def _load_file(path: Path, split_label: str) -> datasets.Dataset:
     if path.stat().st_size == 0:
         raise ValueError(f"data file '{path}' is empty: give a file with at least one example")
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    json_logger = logging.getLogger("datasets.packaged_modules.json.json")
+    level = json_logger.level
+    json_logger.setLevel(logging.CRITICAL)  # it logs the failure we report below in one line
     try:
         return datasets.load_dataset(builder, data_files={split_label: str(path)}, split=split_label, **kwargs)
     except Exception as exc:  # datasets raises many kinds here (ArrowInvalid, DatasetGenerationError, ...)
         cause = exc.__cause__ or exc
-        raise ValueError(f"could not read data file '{path}' as {builder}: {str(cause).splitlines()[0]} "
+        problem = _first_bad_json_line(path) if path.suffix.lower() == ".jsonl" else None
+        raise ValueError(problem or f"could not read data file '{path}' as {builder}: {str(cause).splitlines()[0]} "
                          "— check that every line is a valid record") from None
+    finally:
+        json_logger.setLevel(level)
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """Why a JSONL file did not load, naming the line (pyarrow's message names a block, not a line)."""
+    seen_keys: dict[str, type] = {}
+    any_row = False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            any_row = True
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                return f"could not read data file '{path}': line {number} is not valid JSON ({exc.msg}): fix that line"
+            if not isinstance(row, dict):
+                return f"could not read data file '{path}': line {number} is not a JSON object ({{column: value, ...}}): fix that line"
+            for key, value in row.items():
+                kind = _json_kind(value)
+                if kind is not None and seen_keys.setdefault(key, kind) is not kind:
+                    return (f"could not read data file '{path}': line {number} has {key!r} as {kind.__name__}, earlier lines as "
+                            f"{seen_keys[key].__name__}: give a column one type")
+    if not any_row:
+        return f"data file '{path}' has no rows (only blank lines): give a file with at least one example"
+    return None
+
+
+def _json_kind(value) -> type | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return bool
+    return float if isinstance(value, (int, float)) else type(value)
 
 
 def _load_hub(hub_id: str, split: str, config_name: str | None) -> datasets.Dataset:
@@ -143,7 +184,11 @@ def parse_condition(expression: str):
         raise ValueError(f"filter '{expression}' is not 'column OP value' (OP one of {', '.join(_OPS)}): "
                          "e.g. 'score >= 4' or 'label == entailment'")
     column, op, raw = match.groups()
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"filter '{expression}': value {raw!r} is not valid ({yaml_problem(exc)}): write "
+                         "'column OP value' with a number, a word or a quoted text, e.g. 'score >= 4'") from None
     compare = _OPS[op]
     return column, (lambda row_value: compare(row_value, value))
 
@@ -151,7 +196,11 @@ def parse_condition(expression: str):
 def filter_rows(ds: datasets.Dataset, expression: str) -> datasets.Dataset:
     column, predicate = parse_condition(expression)
     _require_columns(ds, [column], purpose=f"filter '{expression}'")
-    return ds.filter(lambda b: [predicate(v) for v in b[column]], batched=True)
+    try:
+        return ds.filter(lambda b: [predicate(v) for v in b[column]], batched=True)
+    except TypeError as exc:
+        raise ValueError(f"filter '{expression}' compares values of column '{column}' ({ds.features[column]}) "
+                         f"that do not compare with the given value ({exc}): fix the value or the column") from None
 
 
 # -------------------------------------------------------------------------------------- grouping pairs
@@ -212,11 +261,19 @@ def select_roles(ds: datasets.Dataset, columns: Mapping[str, str], *,
         low, high = float(score_range[0]), float(score_range[1])
         if not high > low:
             raise ValueError(f"score_range {list(score_range)} for {source} must be [low, high] with high > low")
+        scores = ds.data.column("score") if ds._indices is None else ds.with_format("arrow")[:].column("score")
+        outside = pc.or_(pc.less(scores, low), pc.greater(scores, high))
+        if pc.any(outside).as_py():
+            row = pc.index(outside, True).as_py()
+            raise ValueError(f"{source}: score {scores[row].as_py()} in row {row} is outside score_range "
+                             f"[{low:g}, {high:g}]: fix score_range to the data's scale or fix that row")
         ds = ds.map(lambda b: {"score": [(s - low) / (high - low) for s in b["score"]]}, batched=True)
     if "label" in ds.column_names and label_map:
         missing = sorted(set(ds.unique("label")) - set(label_map))
         if missing:
-            raise ValueError(f"label values {missing[:5]} in {source} have no entry in label_map: add them")
+            yaml_hint = (" (YAML reads yes/no/on/off as true/false: quote them, e.g. {'yes': 1})"
+                         if any(isinstance(k, bool) for k in label_map) else "")
+            raise ValueError(f"label values {missing[:5]} in {source} have no entry in label_map: add them{yaml_hint}")
         ds = ds.map(lambda b: {"label": [label_map[v] for v in b["label"]]}, batched=True)
     return ds
 
@@ -260,6 +317,7 @@ def _check_value_column(column: pa.ChunkedArray, role: str, source: str) -> None
             raise ValueError(f"column for role 'score' in {source} holds {column.type}, not numbers: map a numeric column")
         if pa.types.is_floating(column.type):
             _first_bad(column, pc.is_nan(column), role, source, "is NaN")
+            _first_bad(column, pc.is_inf(column), role, source, "is infinite")
 
 
 def _first_bad(column: pa.ChunkedArray, bad: pa.ChunkedArray, role: str, source: str, what: str) -> None:
@@ -308,6 +366,11 @@ def train_source(spec: Mapping, position: int) -> Source:
     source = Source.from_dict(spec, where=where, roles=ROLES, extra_keys=TRAIN_KEYS)
     if spec.get("layout") not in (None, "beir"):
         raise ValueError(f"{where}: layout {spec['layout']!r} is not known: use layout: beir (or leave it out)")
+    if source.filter:
+        try:
+            parse_condition(source.filter)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     if not source.columns:
         raise ValueError(f"{where} needs 'columns' ({{role: column}}), e.g. {{anchor: sentence1, positive: sentence2}}")
     check_prompts(spec.get("prompts"), f"{where} prompts")

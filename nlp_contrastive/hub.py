@@ -35,6 +35,11 @@ class HubPushError(RuntimeError):
     """A push that did not happen, in one line: what went wrong and what to do about it."""
 
 
+class HubInputError(HubPushError, ValueError):
+    """A push asked for wrongly (not a model folder, invalid repo id, no token, a token in the files): fix the
+    input and run again; the CLI exits 2 for these, 1 when the hub itself failed."""
+
+
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER = ("tokenizer.json", "tokenizer_config.json")
 
@@ -43,7 +48,7 @@ def check_model_folder(output_dir: str | os.PathLike) -> None:
     """Fail with one line naming what is missing unless `output_dir` is a loadable sentence-transformers model."""
     folder = Path(output_dir)
     if not folder.is_dir():
-        raise HubPushError(f"{folder} is not a directory: give the output folder of a training run")
+        raise HubInputError(f"{folder} is not a directory: give the output folder of a training run")
     missing: list[str] = []
     modules = None
     try:
@@ -67,7 +72,7 @@ def check_model_folder(output_dir: str | os.PathLike) -> None:
     if not any((transformer_dir / name).exists() for name in _TOKENIZER):
         missing.append(f"a tokenizer ({prefix}tokenizer.json or {prefix}tokenizer_config.json)")
     if missing:
-        raise HubPushError(f"{folder} is not a complete sentence-transformers model: missing {', '.join(missing)}; "
+        raise HubInputError(f"{folder} is not a complete sentence-transformers model: missing {', '.join(missing)}; "
                            "push the output folder of a finished run (Encoder.save_pretrained writes all of these)")
 
 
@@ -109,10 +114,10 @@ def push_to_hub(output_dir: str | os.PathLike, repo_id: str, *, private: bool = 
 
     token = token or huggingface_hub.get_token()
     if not token:
-        raise HubPushError(f"push to {repo_id} failed: no Hugging Face token found; {_LOGIN_HINT}")
+        raise HubInputError(f"push to {repo_id} failed: no Hugging Face token found; {_LOGIN_HINT}")
     leaking = [f for f in files + [CARD_FILE] if (folder / f).exists() and _contains_text(folder / f, token)]
     if leaking:
-        raise HubPushError(f"refusing to push: {', '.join(leaking)} in {folder} contain(s) your hub token; "
+        raise HubInputError(f"refusing to push: {', '.join(leaking)} in {folder} contain(s) your hub token; "
                            "remove it from those files, then push again")
     from nlp_contrastive import __version__
 
@@ -145,7 +150,7 @@ def _contains_text(path: Path, needle: str, limit: int = 50_000_000) -> bool:
 def _check_repo_id(repo_id: str) -> None:
     if (not isinstance(repo_id, str) or not _REPO_ID_RE.match(repo_id) or ".." in repo_id or "--" in repo_id
             or len(repo_id) > 96):
-        raise HubPushError(f"invalid --repo-id '{repo_id}': use 'user-or-org/model-name' or just 'model-name' "
+        raise HubInputError(f"invalid --repo-id '{repo_id}': use 'user-or-org/model-name' or just 'model-name' "
                            "(letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 characters)")
 
 

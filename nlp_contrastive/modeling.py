@@ -60,6 +60,9 @@ def resolve_model_path(name_or_path: str) -> str:
         bundled = bundled_default_model_path()
         if bundled is not None:
             return bundled
+    if not os.path.exists(name_or_path) and name_or_path.startswith((".", "/", "~")):
+        raise ValueError(f"model path '{name_or_path}' is not a model folder: it does not exist; check the path, "
+                         "or give a hub id such as sentence-transformers/all-MiniLM-L6-v2")
     if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):
         raise ValueError(
             f"model path '{name_or_path}' is not a model folder: give a directory with config.json "
@@ -154,6 +157,7 @@ class Encoder(nn.Module):
                 "folder, or a hub id while online (HF_HUB_OFFLINE is set to "
                 f"{os.environ.get('HF_HUB_OFFLINE', '0')})"
             ) from None
+        _check_tokenizer_fits(tokenizer, model, name_or_path)
         return cls(
             model,
             tokenizer,
@@ -400,6 +404,15 @@ def _checked_prompts(prompts: Mapping[str, str] | None) -> dict[str, str]:
                                                    for k, v in prompts.items()):
         raise ValueError(f"prompts must map names to prompt strings, e.g. {{query: 'query: '}}, got {prompts!r}")
     return dict(prompts)
+
+
+def _check_tokenizer_fits(tokenizer, model, name: str) -> None:
+    """A tokenizer whose ids exceed the embedding table fails only at the first forward (IndexError): say so now."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ValueError(f"model '{name}': the tokenizer has {len(tokenizer)} tokens in its vocab but the model's "
+                         f"embedding table has {rows} rows: the tokenizer files belong to another model; save the "
+                         "tokenizer the model was trained with next to it")
 
 
 def _check_texts(texts: list) -> None:

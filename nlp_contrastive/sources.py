@@ -46,15 +46,26 @@ def is_beir_folder(path: str | Path) -> bool:
     return path.is_dir() and (path / "corpus.jsonl").is_file()
 
 
-def check_known_keys(raw: Iterable, valid: Iterable[str], where: str, *, noun: str = "key") -> None:
+def check_known_keys(raw: Iterable, valid: Iterable[str], where: str, *, noun: str = "key",
+                     listed: str | None = None) -> None:
     """The one unknown-key error (recipes, sources, tasks, suites, loss kwargs): names the keys, suggests close
-    matches, lists the valid keys."""
+    matches, lists the valid keys (or `listed`, a shorter description, where there are too many to read)."""
     valid = list(valid)
     unknown = [str(k) for k in raw if k not in valid]
     if unknown:
         close = difflib.get_close_matches(unknown[0], valid, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"{where}: unknown {noun}(s) {unknown}{hint}: valid keys are {', '.join(sorted(valid))}")
+        raise ValueError(f"{where}: unknown {noun}(s) {unknown}{hint}: valid keys are "
+                         f"{listed or ', '.join(sorted(valid))}")
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parser error in one line, with the line and column where the parser gave up."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return f"{problem}{where}" + (f" ({context})" if context else "")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only folder, ... while writing checkpoints or outputs
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"error: could not write{where}: {exc.strerror or exc}: free space or choose a writable output_dir; "
+              "checkpoints written before are complete (resume with --resume_from_checkpoint true)", file=sys.stderr)
+        return 2
 
 
 def train(recipe_path: str | None, overrides: list[str], callbacks: list | None = None) -> int:
@@ -38,6 +47,7 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     args = recipe.training
     config.check_output_dir(args)
     set_seed(args.seed)  # LoRA adapters are initialised randomly when built (Trainer seeds again later)
+    output_dir_existed = Path(args.output_dir).exists()
     encoder = build_encoder(recipe.model)
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs, cached=recipe.loss.cached,
                       cache_mini_batch_size=recipe.loss.cache_mini_batch_size,
@@ -65,7 +75,10 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
                                                              sampling_temperature=recipe.data.sampling_temperature),
         single_forward=recipe.loss.single_forward, callbacks=callbacks,
     )
-    train_output = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(args))
+    with _tidy_on_failure(Path(args.output_dir), created=not output_dir_existed, main_process=args.should_save):
+        train_output = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(args))
+    if trainer.signal_stop.received is not None:
+        return _report_interrupted(trainer)
     if recipe.model.lora_merge:  # adapters folded into the weights: the output is a plain model folder
         encoder.merge_lora()
     trainer.save_model(args.output_dir)  # every rank: FSDP / DeepSpeed gather the full weights collectively
@@ -85,6 +98,32 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     if push_requested:
         push(output_dir, args)
     return 0
+
+
+@contextlib.contextmanager
+def _tidy_on_failure(output_dir: Path, *, created: bool, main_process: bool) -> Iterator[None]:
+    """A failed run leaves no half-made output: staging folders of an unfinished checkpoint go, and so does an
+    output_dir this run created if it holds no complete checkpoint to resume from."""
+    try:
+        yield
+    except BaseException:
+        if main_process and output_dir.is_dir():
+            for staging in output_dir.glob(".staging-*"):
+                shutil.rmtree(staging, ignore_errors=True)
+            if created and get_last_checkpoint(str(output_dir)) is None:
+                shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+
+
+def _report_interrupted(trainer) -> int:
+    """SIGINT/SIGTERM: the trainer saved checkpoint-N and stopped; say how to resume, exit 128 + signal number."""
+    signum = trainer.signal_stop.received
+    if trainer.is_world_process_zero():
+        name = signal.Signals(signum).name
+        checkpoint = get_last_checkpoint(trainer.args.output_dir)
+        print(f"stopped by {name} at step {trainer.state.global_step}: saved {checkpoint}; resume with the same "
+              "command plus --resume_from_checkpoint true", file=sys.stderr, flush=True)
+    return 128 + int(signum)
 
 
 def build_encoder(cfg: config.ModelConfig) -> Encoder:
@@ -145,6 +184,9 @@ def _checkpoint_to_resume(args) -> str | bool | None:
         resume = get_last_checkpoint(args.output_dir)
         if resume is None:
             raise FileNotFoundError(f"no checkpoint-N folder in '{args.output_dir}' to resume from")
+    elif isinstance(resume, str) and not Path(resume).is_dir():
+        raise FileNotFoundError(f"checkpoint '{resume}' does not exist: give a checkpoint-N folder, or true for the "
+                                "last one in output_dir")
     return resume
 
 

@@ -6,24 +6,149 @@ one). Checkpoints and the final model are written in sentence-transformers forma
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 
 import safetensors.torch
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from nlp_contrastive.batch import Batch, BatchCollator
+from nlp_contrastive.batch import ROW_ID, Batch, BatchCollator
 from nlp_contrastive.losses.cached import CachedLoss, accelerator_sync
 from nlp_contrastive.modeling import Encoder
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(ValueError):
+    """Training stopped before applying a NaN/inf loss: the step, the batch's row ids and the likely cause."""
+
+
+class NonFiniteLossGuard:
+    """Check each training loss before its backward pass (`nan_policy`: stop | skip).
+
+    stop: raise NonFiniteLossError — the weights are still those of the last good step and checkpoints written so
+    far stay. skip: the batch gives no gradient (a fresh leaf is back-propagated instead; parameters without a
+    gradient are not touched by the optimizer), counted in `skipped` and logged as `skipped_nonfinite_batches`.
+    All processes decide together, so none waits in an all-reduce that another skipped.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.skipped = 0
+
+    def __call__(self, loss: torch.Tensor, inputs: dict) -> torch.Tensor:
+        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
+        accelerator = self.trainer.accelerator
+        if accelerator.num_processes > 1:
+            bad = accelerator.reduce(bad, reduction="sum")
+        if not bad.item():
+            return loss
+        policy = getattr(self.trainer.args, "nan_policy", "stop")
+        if policy == "skip":
+            self.skipped += 1
+            logger.warning("skipping batch with non-finite loss at step %d (rows %s); %d skipped so far",
+                           self.trainer.state.global_step + 1, _row_ids(inputs), self.skipped)
+            return torch.zeros((), device=loss.device, requires_grad=True)
+        raise NonFiniteLossError(self.message(loss, inputs))
+
+    def message(self, loss: torch.Tensor, inputs: dict) -> str:
+        trainer = self.trainer
+        state = trainer.state
+        checkpoint = _last_checkpoint(trainer.args.output_dir)
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
+        value = loss.detach().float().item() if loss.numel() == 1 else "non-finite"
+        return (f"loss is {value} at step {state.global_step + 1} (epoch {state.epoch or 0:.2f}), batch rows "
+                f"{_row_ids(inputs)}: likely cause: {self.likely_cause(inputs)}; {kept}; or set nan_policy: skip "
+                "to skip such batches")
+
+    def likely_cause(self, inputs: dict) -> str:
+        args = self.trainer.args
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        if any(not torch.isfinite(p).all() for p in model.parameters()):
+            return (f"the weights are already non-finite (diverged): lower learning_rate ({args.learning_rate:g}) "
+                    "or set max_grad_norm")
+        if args.fp16:
+            return "fp16 overflow: use bf16 or fp32 (fp16: false)"
+        short = [i for i, n in _text_lengths(inputs) if n <= 2]
+        if short:
+            return f"texts with no tokens besides [CLS]/[SEP] in rows {short[:5]}: fix or filter them"
+        values = [k for k in ("score", "label") if k in inputs and not torch.isfinite(inputs[k]).all()]
+        if values:
+            return f"non-finite {', '.join(values)} values in the batch: fix the data"
+        return (f"learning_rate ({args.learning_rate:g}) too high, or the loss's settings (e.g. a tiny "
+                "temperature): lower it")
+
+
+def _row_ids(inputs: dict) -> list[int] | str:
+    ids = inputs.get("row_ids")
+    return ids.tolist() if ids is not None else "unknown (no row_id column)"
+
+
+def _text_lengths(inputs: dict) -> Iterator[tuple[int, int]]:
+    """(row id, token count) of each embedded text of the batch."""
+    ids = inputs.get("row_ids")
+    for role, features in inputs.get("features", {}).items():
+        if role == "negatives":
+            continue
+        for i, n in enumerate(features["attention_mask"].sum(dim=1).tolist()):
+            yield (int(ids[i]) if ids is not None else i), n
+
+
+def _last_checkpoint(output_dir: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+
+
+class SignalStop(TrainerCallback):
+    """SIGINT/SIGTERM during `train()`: finish the current step, write a checkpoint, stop (a second signal stops at
+    once). The flag is shared across processes at each step end, so all ranks save and stop at the same step."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.received: int | None = None  # the signal number
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, self._on_signal)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.received is not None:  # second signal: the user insists
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        self.received = signum
+        logger.warning("%s received: saving a checkpoint at the end of this step, then stopping (send it again to "
+                       "stop at once)", signal.Signals(signum).name)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        flag = torch.tensor(float(self.received is not None), device=self.trainer.accelerator.device)
+        if self.trainer.accelerator.num_processes > 1:
+            flag = self.trainer.accelerator.reduce(flag, reduction="sum")
+        if flag.item():
+            self.received = self.received or signal.SIGTERM  # another rank got it
+            control.should_save = True
+            control.should_training_stop = True
+        return control
 
 
 class ContrastiveTrainer(Trainer):
@@ -41,6 +166,8 @@ class ContrastiveTrainer(Trainer):
         self.single_forward = single_forward
         self.batch_sampler_factory = batch_sampler_factory
         collator = BatchCollator(model.tokenizer.pad_token_id or 0)
+        if hasattr(train_dataset, "add_column") and ROW_ID not in train_dataset.column_names:
+            train_dataset = train_dataset.add_column(ROW_ID, list(range(len(train_dataset))))  # errors name rows
         # Trainer insists on an eval_dataset when eval_strategy != "no"; our evaluator brings its own data.
         eval_dataset = ["suite"] if evaluator is not None else None
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -50,6 +177,20 @@ class ContrastiveTrainer(Trainer):
             raise ValueError(f"cached: true (GradCache) cannot run under DeepSpeed ZeRO stage {plugin.zero_stage}: "
                              "ZeRO >= 2 reduces each gradient once per backward, GradCache backpropagates once per "
                              "mini-batch; use zero_stage: 1, DDP (recipes/accelerate/ddp.yaml) or FSDP")
+        self.nonfinite_guard = NonFiniteLossGuard(self)
+        self.signal_stop = SignalStop(self)
+        self.add_callback(self.signal_stop)
+
+    def train(self, *args, **kwargs):
+        """Trainer.train with SIGINT/SIGTERM turned into "save a checkpoint at the end of this step, then stop"
+        (`self.signal_stop.received` tells the caller)."""
+        with self.signal_stop.installed():
+            return super().train(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self.nonfinite_guard.skipped:
+            logs["skipped_nonfinite_batches"] = self.nonfinite_guard.skipped
+        super().log(logs, *args, **kwargs)
 
     # --------------------------------------------------------------------------------------------- data
     def _remove_unused_columns(self, dataset, description=None):
@@ -96,6 +237,8 @@ class ContrastiveTrainer(Trainer):
             loss = self.loss(model, batch, gradient_sync=accelerator_sync(self.accelerator, model))
         else:
             loss = self.loss(**batch.loss_kwargs(batch.embed(model, self.single_forward), self.loss))
+        if model.training:
+            loss = self.nonfinite_guard(loss, inputs)
         return (loss, {}) if return_outputs else loss
 
     # ------------------------------------------------------------------------------------------- saving
@@ -155,7 +298,12 @@ class ContrastiveTrainer(Trainer):
             raise FileNotFoundError(f"checkpoint '{resume_from_checkpoint}' has no model.safetensors: resume from a "
                                     "complete checkpoint-N folder written by this trainer")
         state = safetensors.torch.load_file(weights, device=str(encoder.device))
-        missing, unexpected = encoder.model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = encoder.model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches: a checkpoint of another model size
+            problem = next((line.strip() for line in str(exc).splitlines() if "mismatch" in line), str(exc))
+            raise ValueError(f"checkpoint '{resume_from_checkpoint}' does not match the model ({problem[:200]}): "
+                             "resume with the same model_name_or_path, or start a new output_dir") from None
         if unexpected or [k for k in missing if "position_ids" not in k]:
             raise ValueError(f"checkpoint '{resume_from_checkpoint}' does not match the model "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}): resume with the same model_name_or_path")

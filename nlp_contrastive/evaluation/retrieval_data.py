@@ -64,7 +64,9 @@ def beir_from_rows(corpus_rows, query_rows, qrel_rows, source: str) -> tuple[Que
 def beir_corpus(rows: Iterable[Mapping], source: str) -> Corpus:
     """{doc id: title + " " + text} (just text when there is no title), MTEB's document string."""
     corpus: Corpus = {}
-    for row in rows:
+    for number, row in enumerate(rows):
+        if str(row.get("_id")) in corpus:
+            raise ValueError(f"{source}: row {number}: duplicate _id '{row['_id']}': give each document its own id")
         for key in ("_id", "text"):
             if key not in row:
                 raise ValueError(f"{source}: a document has no '{key}' field: BEIR corpus rows need _id, text "
@@ -129,6 +131,7 @@ def pairs_to_retrieval(queries: Sequence[str], documents: Sequence[str], labels:
 def _read_jsonl(path: Path, required: Sequence[str] = ()) -> Iterable[dict]:
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty: give one JSON object per line")
+    first_line: dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
@@ -137,8 +140,15 @@ def _read_jsonl(path: Path, required: Sequence[str] = ()) -> Iterable[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: line {line_number} is not valid JSON ({exc.msg}): fix that line") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {line_number} is not a JSON object: BEIR rows are {{\"_id\": ...}}")
             missing = [key for key in required if key not in row]
             if missing:
                 raise ValueError(f"{path}: line {line_number} has no {missing} field(s): BEIR rows need "
                                  f"{', '.join(required)}")
+            if "_id" in row:
+                seen = first_line.setdefault(str(row["_id"]), line_number)
+                if seen != line_number:
+                    raise ValueError(f"{path}: line {line_number}: duplicate _id '{row['_id']}' (first on line "
+                                     f"{seen}): give each row its own id")
             yield row

@@ -33,7 +33,7 @@ import yaml
 
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
 from nlp_contrastive.evaluation.tasks import TaskSpec, TaskUnavailable, build_evaluator, default_task_name
-from nlp_contrastive.sources import check_known_keys
+from nlp_contrastive.sources import check_known_keys, yaml_problem
 
 __all__ = ["BUILTIN_STS_SUITE", "Suite", "TaskSpec", "TaskUnavailable", "build_evaluator", "default_suite",
            "format_table", "load_suite"]
@@ -158,7 +158,7 @@ def load_suite(path_or_dict: str | Path | Mapping[str, Any], *, batch_size: int 
             try:
                 raw = yaml.safe_load(f)
             except yaml.YAMLError as exc:
-                raise ValueError(f"suite file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+                raise ValueError(f"suite file '{path}' is not valid YAML: {yaml_problem(exc)}") from None
         base_dir = path.resolve().parent
         if not isinstance(raw, Mapping):
             raise ValueError(f"suite file '{path}' must be a mapping with a tasks: section")
@@ -218,6 +218,18 @@ def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
 
 def _percent(value: float) -> str:
     return "nan" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def check_tasks(tasks: Any, key: str) -> None:
+    """A recipe's eval_tasks / final_eval_tasks, checked at recipe load (keys, types, sources; no data read)."""
+    if not isinstance(tasks, list) or not all(isinstance(t, Mapping) for t in tasks):
+        raise ValueError(f"{key} must be a list of task mappings, e.g. [{{name: stsb-test, type: sts, dataset: stsb}}]")
+    for i, task in enumerate(tasks):
+        settings = {k: v for k, v in task.items() if k != "name"}
+        try:
+            TaskSpec.from_dict(str(task.get("name") or default_task_name(settings)), settings)
+        except ValueError as exc:
+            raise ValueError(f"{key}[{i}]: {exc}") from None
 
 
 def training_evaluator(tasks: list[dict], batch_size: int) -> Callable[[Any], dict[str, float]] | None:
