@@ -230,12 +230,16 @@ class Encoder(nn.Module):
         show_progress_bar: bool | None = None,
         convert_to: Literal["numpy", "torch"] = "numpy",
         normalize: bool = False,
+        bf16: bool | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed texts in token-length-sorted batches (least padding); rows come back in input order.
 
         Identical texts are encoded once (eval mode is deterministic), which matters for STS/SICK-style sets
-        where a sentence appears in many pairs.
+        where a sentence appears in many pairs. `bf16=None` (auto) autocasts to bf16 only where the device
+        computes it natively (nlp_contrastive.precision); embeddings are returned in float32 either way.
         """
+        from nlp_contrastive.precision import encode_autocast
+
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         _check_texts(texts)
@@ -249,10 +253,11 @@ class Encoder(nn.Module):
             show_progress_bar = len(unique) > 10 * batch_size
         progress = tqdm(total=len(unique), desc="Encoding", disable=not show_progress_bar)
         try:
-            for rows, features in self._sorted_batches(unique, batch_size):
-                features = {k: v.to(device) for k, v in features.items()}
-                sorted_embeddings[rows.to(device)] = self(**features).float()
-                progress.update(len(rows))
+            with encode_autocast(device, bf16):
+                for rows, features in self._sorted_batches(unique, batch_size):
+                    features = {k: v.to(device) for k, v in features.items()}
+                    sorted_embeddings[rows.to(device)] = self(**features).float()
+                    progress.update(len(rows))
         finally:
             progress.close()
             self.train(was_training)
