@@ -26,10 +26,11 @@ from nlp_contrastive.files import write_json
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 POOLING_MODES = ("mean", "cls", "max", "last_token", "mean_sqrt_len")
-# Padded tokens per encode batch on CPU. Measured on 2 AVX2 cores (fp32, all-MiniLM-L6-v2): SciFact abstracts
-# (~235 tokens) take 15-25% less CPU time in batches of ~2k tokens than in batches of 64 rows (16k tokens),
-# short STS sentences are unaffected; rows x length beyond the caches only costs memory traffic.
-CPU_ENCODE_MAX_TOKENS = 2048
+# Padded tokens per encode batch on CPU: a cap for long texts, not a speed-up. Measured on 2 AVX2 cores (fp32,
+# all-MiniLM-L6-v2, SciFact abstracts of ~235 tokens): with 1 thread, ~2k-token batches took ~15% less CPU than
+# 64-row (15k-token) ones; with 2 threads they took ~40% MORE (16.7 vs 11.8 CPU s for 96 abstracts). So the cap
+# only bounds memory for very long texts / big batch sizes.
+CPU_ENCODE_MAX_TOKENS = 16384
 
 # sentence-transformers' Pooling config keys (classic format) <-> our pooling names.
 _ST_POOLING_KEYS = {
@@ -242,7 +243,7 @@ class Encoder(nn.Module):
         Identical texts are encoded once (eval mode is deterministic), which matters for STS/SICK-style sets
         where a sentence appears in many pairs. `bf16=None` (auto) autocasts to bf16 only where the device
         computes it natively (nlp_contrastive.precision); embeddings are returned in float32 either way.
-        A batch holds at most `batch_size` rows and at most `max_tokens` padded tokens (None: 2048 on CPU, no
+        A batch holds at most `batch_size` rows and at most `max_tokens` padded tokens (None: 16384 on CPU, no
         token cap elsewhere), so long documents go in small batches and short sentences in full ones.
         """
         from nlp_contrastive.precision import encode_autocast

@@ -116,3 +116,14 @@ def test_precision_is_recorded_in_the_run_record_and_the_model_card(cpu_flags, t
     assert record.precision["bf16"] is False and record.precision["requested"] == "auto"
     card = build_model_card(record, {}, {}, {}, model_id="me/model")
     assert "- Precision: fp32 (auto: CPU (AVX2) has no avx512_bf16/amx_bf16" in card
+
+
+def test_every_shipped_recipe_says_auto_and_trains_fp32_on_an_avx2_cpu(cpu_flags):
+    from tests.conftest import REPO_ROOT
+
+    cpu_flags(AVX2_ONLY)
+    recipes = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        recipe = load_recipe(str(path))
+        assert recipe.precision.requested == "auto" and recipe.training.bf16 is False, path.name
