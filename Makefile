@@ -45,7 +45,7 @@ bench-encode: install
 	$(BIN)/python benchmarks/bench_encode.py
 
 bench-eval: install
-	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_eval.py --suite sts,scifact
 
 bench-train: install
 	$(BIN)/python benchmarks/bench_train.py

@@ -1,6 +1,6 @@
 """Encoding speed: our Encoder.encode vs SentenceTransformer.encode on the 2,758 STS-B test sentences.
 
-Same model weights, same batch size, same process and threads; both warmed up first, then timed round
+Same model weights, same batch size, same process, threads and precision (`bf16: auto` for both); both warmed up first, then timed round
 by round in alternating order (see benchmarks/benchlib.py). Prints every timing and the ratio ST time / our
 time, the median over rounds (>= 1.0 means we are at least as fast).
 
@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from benchlib import interleaved, parse_bench_args, report  # noqa: E402  (benchmarks/benchlib.py)
+from benchlib import interleaved, parse_bench_args, report, setup_run, st_autocast  # noqa: E402  (benchmarks/benchlib.py)
 
 from nlp_contrastive.data import load_split  # noqa: E402
 from nlp_contrastive.modeling import Encoder, resolve_model_path  # noqa: E402
@@ -25,6 +25,7 @@ from nlp_contrastive.modeling import Encoder, resolve_model_path  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_bench_args(__doc__, argv, rounds=5)
+    bf16, _ = setup_run(args)
     from sentence_transformers import SentenceTransformer
 
     rows = load_split("stsb", "test")
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return ours.encode(sentences, batch_size=args.batch_size, show_progress_bar=False)
 
     def run_st():
-        return st.encode(sentences, batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
+        with st_autocast(bf16):
+            return st.encode(sentences, batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
 
     a, b = run_ours(), run_st()  # warm-up, and a check that both compute the same embeddings
     print(f"max |ours - ST| over all embeddings: {np.abs(a - b).max():.2e}")

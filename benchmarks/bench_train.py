@@ -2,7 +2,9 @@
 
     python benchmarks/bench_train.py [--only cosine|infonce] [--max-rows N]
 
-Each trainer runs in its own subprocess (so peak RSS is its own), in the order ST, ours, for the recipes
+Each trainer runs in its own subprocess (so peak RSS is its own), in the same precision (fp32; with --bf16
+also both in bf16 autocast), with tokenization inside the timed seconds for both (ST tokenizes inside
+Trainer.train, ours before it, so ours adds its measured tokenization time). In the order ST, ours, for the recipes
 `stsb-cosine` (CosineSimilarityLoss, batch 16) and `paraphrase-infonce` (MultipleNegativesRankingLoss /
 info_nce, batch 64, no-duplicates batches). Both models are then scored on STS-B test with our STS
 evaluator (identical to MTEB's convention). Prints pairs/s, ratio, peak RSS and STS-B test Spearman x 100.
@@ -32,7 +34,23 @@ def _train_rows(recipe_path: Path, max_rows: int | None):
     return data.build_train_dataset(recipe.data.train_data, max_rows=max_rows), recipe
 
 
-def run_sentence_transformers(kind: str, output_dir: str, max_rows: int | None) -> dict:
+def tokenization_seconds(kind: str, max_rows: int | None) -> float:
+    """Our run tokenizes before Trainer.train (ST tokenizes inside it): time that step alone, uncached, so both
+    sides' seconds include tokenization."""
+    import datasets
+
+    from nlp_contrastive import data
+    from nlp_contrastive.modeling import DEFAULT_MODEL, Encoder
+
+    ds, _ = _train_rows(RECIPES[kind], max_rows)
+    encoder = Encoder.from_pretrained(DEFAULT_MODEL)
+    datasets.disable_caching()
+    start = time.perf_counter()
+    data.tokenize_roles(ds, encoder.tokenizer, encoder.max_seq_length)
+    return time.perf_counter() - start
+
+
+def run_sentence_transformers(kind: str, output_dir: str, max_rows: int | None, bf16: bool = False) -> dict:
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, losses
     from sentence_transformers.sentence_transformer.training_args import (
         BatchSamplers,
@@ -56,7 +74,7 @@ def run_sentence_transformers(kind: str, output_dir: str, max_rows: int | None) 
         output_dir=output_dir, num_train_epochs=args.num_train_epochs,
         per_device_train_batch_size=args.per_device_train_batch_size, learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps, seed=args.seed, logging_steps=args.logging_steps, save_strategy="no",
-        eval_strategy="no", report_to="none", batch_sampler=sampler, use_cpu=True,
+        eval_strategy="no", report_to="none", batch_sampler=sampler, use_cpu=True, bf16=bf16,
     )
     trainer = SentenceTransformerTrainer(model=model, args=st_args, train_dataset=ds, loss=loss)
     start = time.perf_counter()
@@ -80,13 +98,14 @@ def run_ours(kind: str, output_dir: str, max_rows: int | None, bf16: bool = Fals
     train(str(RECIPES[kind]), overrides)
     seconds = time.perf_counter() - start
     run = json.loads((Path(output_dir) / "training_run.json").read_text())
-    return {"rows": run["train_rows"], "seconds": run["train_runtime_seconds"], "wall_seconds": seconds,
-            "model": output_dir}
+    tokenize = tokenization_seconds(kind, max_rows)
+    return {"rows": run["train_rows"], "seconds": run["train_runtime_seconds"] + tokenize, "wall_seconds": seconds,
+            "tokenize_seconds": tokenize, "model": output_dir}
 
 
 def worker(trainer: str, kind: str, output_dir: str, max_rows: int | None) -> None:
-    if trainer == "st":
-        result = run_sentence_transformers(kind, output_dir, max_rows)
+    if trainer in ("st", "st-bf16"):
+        result = run_sentence_transformers(kind, output_dir, max_rows, bf16=trainer == "st-bf16")
     else:
         result = run_ours(kind, output_dir, max_rows, bf16=trainer == "ours-bf16")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -113,8 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(RECIPES), action="append")
     parser.add_argument("--max-rows", type=int, default=None, help="train on the first N rows (quick check)")
-    parser.add_argument("--bf16", action="store_true", help="also run ours with bf16 autocast (fp32 master weights)")
-    parser.add_argument("--worker", choices=["st", "ours", "ours-bf16"], help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help="also compare both trainers with bf16 autocast (fp32 master weights)")
+    parser.add_argument("--worker", choices=["st", "st-bf16", "ours", "ours-bf16"], help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("NLPC_DATA_DIR", str(REPO.parent / "shared" / "data"))
@@ -122,7 +141,13 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.only[0], args.output, args.max_rows)
         return
-    print(f"{os.cpu_count()} cores; recipes: {', '.join(args.only or sorted(RECIPES))}", flush=True)
+    from nlp_contrastive.precision import resolve_bf16
+
+    choice = resolve_bf16("auto", use_cpu=True)
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; CPU bf16: "
+          f"{'native' if choice.native_bf16 else 'NOT native (emulated, slow)'} ({choice.reason}); "
+          f"recipes: {', '.join(args.only or sorted(RECIPES))}; both trainers in the same precision per row, "
+          "tokenization timed for both", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for kind in args.only or sorted(RECIPES):
@@ -130,8 +155,9 @@ def main() -> None:
             ours = run_in_subprocess("ours", kind, os.path.join(tmp, f"ours-{kind}"), args.max_rows)
             rows.append((kind, st, ours))
             if args.bf16:
-                rows.append((f"{kind}+bf16", st, run_in_subprocess("ours-bf16", kind, os.path.join(tmp, f"bf-{kind}"),
-                                                                  args.max_rows)))
+                st_bf16 = run_in_subprocess("st-bf16", kind, os.path.join(tmp, f"stbf-{kind}"), args.max_rows)
+                rows.append((f"{kind}+bf16", st_bf16,
+                             run_in_subprocess("ours-bf16", kind, os.path.join(tmp, f"bf-{kind}"), args.max_rows)))
     header = f"{'recipe':<14} {'ST pairs/s':>10} {'ours pairs/s':>12} {'ratio':>6} {'ST RSS MB':>9} " \
              f"{'ours RSS MB':>11} {'ST STS-B':>8} {'ours STS-B':>10}"
     print(header, flush=True)

@@ -46,8 +46,8 @@ def report(wall: dict[str, list[float]], cpu: dict[str, list[float]], ours: str,
     return ratio
 
 
-def parse_bench_args(doc: str, argv: list[str] | None, rounds: int):
-    """The flags both encode/eval benchmarks take: --model, --batch-size, --rounds, --require."""
+def bench_parser(doc: str, rounds: int):
+    """The flags both encode/eval benchmarks take: --model, --batch-size, --rounds, --require, --threads."""
     import argparse
 
     from nlp_contrastive.modeling import DEFAULT_MODEL
@@ -57,4 +57,36 @@ def parse_bench_args(doc: str, argv: list[str] | None, rounds: int):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=rounds, help="timed runs per side")
     parser.add_argument("--require", type=float, help="exit 1 if the ratio is below this")
-    return parser.parse_args(argv)
+    parser.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's choice)")
+    return parser
+
+
+def setup_run(args) -> tuple[bool, str]:
+    """Apply --threads; print the machine line every table needs (cores, threads, load, bf16 capability).
+
+    Returns (bf16, reason): both sides encode in the precision `bf16: auto` picks here, so neither is flattered.
+    """
+    import os
+
+    import torch
+
+    from nlp_contrastive.precision import resolve_bf16
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    choice = resolve_bf16("auto", use_cpu=not torch.cuda.is_available())
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average {load:.1f}; "
+          f"precision for both sides: {'bf16' if choice.bf16 else 'fp32'} ({choice.reason})", flush=True)
+    return choice.bf16, choice.reason
+
+
+def st_autocast(bf16: bool):
+    """The same autocast our encode uses, around sentence-transformers' encode."""
+    import torch
+
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def parse_bench_args(doc: str, argv: list[str] | None, rounds: int):
+    return bench_parser(doc, rounds).parse_args(argv)

@@ -80,9 +80,15 @@ class Batch:
                              f"got roles {sorted(self.features)} and negatives_index="
                              f"{'set' if self.negatives_index is not None else None}")
 
-    def embed(self, model: Callable[..., torch.Tensor], single_forward: bool = True) -> dict[str, torch.Tensor]:
-        """Embed every role; with `single_forward`, one forward pass over all roles padded to one length."""
+    def embed(self, model: Callable[..., torch.Tensor], single_forward: bool | None = True) -> dict[str, torch.Tensor]:
+        """Embed every role; with `single_forward`, one forward pass over all roles padded to one length.
+
+        `single_forward=None` chooses from the lengths: one forward unless padding every role to the longest one
+        would add more than 10% padded tokens (e.g. short anchors with long positives), then one per role.
+        """
         roles = list(self.features)
+        if single_forward is None:
+            single_forward = self.one_forward_is_cheaper()
         if not single_forward or len(roles) == 1:
             return {role: model(**self.features[role]) for role in roles}
         width = max(f["input_ids"].shape[1] for f in self.features.values())
@@ -92,6 +98,12 @@ class Batch:
         embeddings = model(**stacked)
         sizes = [self.features[r]["input_ids"].shape[0] for r in roles]
         return dict(zip(roles, torch.split(embeddings, sizes), strict=True))
+
+    def one_forward_is_cheaper(self, tolerance: float = 0.1) -> bool:
+        """Padded tokens of one stacked forward <= (1 + tolerance) x those of one forward per role."""
+        shapes = [f["input_ids"].shape for f in self.features.values()]
+        stacked = sum(n for n, _ in shapes) * max(width for _, width in shapes)
+        return stacked <= (1 + tolerance) * sum(n * width for n, width in shapes)
 
     def loss_kwargs(self, embeddings: Mapping[str, torch.Tensor], loss: nn.Module) -> dict:
         """Keyword arguments for `loss`: embeddings by role (negatives as [B, K, D] + negatives_mask), score,

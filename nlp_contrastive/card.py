@@ -333,6 +333,9 @@ def _training_details(run: RunRecord) -> str:
 def _hardware_and_time(run: RunRecord) -> str:
     lines = [f"- {key.replace('_', ' ').capitalize()}: {value}"
              for key, value in run.hardware.items() if value not in (None, "")]
+    if run.precision.get("reason"):
+        lines.append(f"- Precision: {'bf16 autocast' if run.precision.get('bf16') else 'fp32'} "
+                     f"({run.precision['reason']})")
     if _is_number(run.train_runtime_seconds):
         lines.append(f"- Training time: {_format_duration(run.train_runtime_seconds)}")
     if _is_number(run.train_samples_per_second):

@@ -19,6 +19,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from nlp_contrastive.modeling import DEFAULT_MODEL
+from nlp_contrastive.precision import AUTO, PrecisionChoice, resolve_bf16, warn_if_emulated
 from nlp_contrastive.sources import check_known_keys, yaml_problem
 
 SECTIONS = ("model", "data", "loss", "eval", "training")
@@ -117,6 +118,7 @@ class Recipe:
     eval: EvalConfig
     training: TrainingArguments
     source: str | None = None
+    precision: PrecisionChoice | None = None  # how `bf16` (auto by default) was resolved, and why
 
     def loss_gathers(self) -> bool:
         """Whether in-batch negatives come from all processes (a loss_kwargs switch of info_nce)."""
@@ -148,6 +150,7 @@ def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
             raise ValueError(f"recipe '{path}' must be a mapping of keys to values, got {type(loaded).__name__}")
         values = flatten_sections(loaded, source=str(path))
     values.update(parse_overrides(overrides or []))
+    precision = _resolve_precision(values)
     check_keys_and_types(values)
     _bf16_on_cpu_only_machines(values)
     parser = HfArgumentParser(CONFIG_CLASSES)
@@ -155,8 +158,9 @@ def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
         model, data, loss, evaluation, training = parser.parse_dict(values)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"invalid recipe value: {str(exc).splitlines()[0]}") from None
-    recipe = Recipe(model, data, loss, evaluation, training, source=path)
+    recipe = Recipe(model, data, loss, evaluation, training, source=path, precision=precision)
     check_recipe(recipe)
+    warn_if_emulated(precision)
     return recipe
 
 
@@ -262,6 +266,16 @@ def check_output_dir(args: TrainingArguments) -> None:
     if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
         raise ValueError(f"output_dir '{out}' exists and is not empty: set overwrite_output_dir: true, "
                          "choose another output_dir, or resume with --resume_from_checkpoint true")
+
+
+def _resolve_precision(values: dict[str, Any]) -> PrecisionChoice:
+    """`bf16: auto` (also when the key is absent) -> the bool TrainingArguments takes: on where the device computes
+    bf16 natively (see nlp_contrastive.precision); the choice and its reason go on the Recipe."""
+    use_cpu = values.get("use_cpu") is True or str(values.get("use_cpu")).lower() == "true"
+    fp16 = values.get("fp16") is True
+    choice = resolve_bf16(values.get("bf16", AUTO), use_cpu=use_cpu, fp16=fp16)
+    values["bf16"] = choice.bf16
+    return choice
 
 
 def _bf16_on_cpu_only_machines(values: dict[str, Any]) -> None:
@@ -448,7 +462,9 @@ def derived_numbers(recipe: Recipe, train_rows: int, batches_per_epoch: int, har
 
 
 def print_resolved(recipe: Recipe, numbers: dict[str, Any]) -> None:
-    text = yaml.safe_dump({"recipe": recipe.source, **recipe_as_dict(recipe), "derived": numbers},
+    precision = recipe.precision.to_dict() if recipe.precision else {}
+    text = yaml.safe_dump({"recipe": recipe.source, **recipe_as_dict(recipe), "derived": numbers,
+                           "precision": precision},
                           sort_keys=False, width=120)
     print("=== resolved recipe ===\n" + text.rstrip() + "\n=======================", flush=True)
 

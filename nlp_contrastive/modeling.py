@@ -26,6 +26,11 @@ from nlp_contrastive.files import write_json
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 POOLING_MODES = ("mean", "cls", "max", "last_token", "mean_sqrt_len")
+# Padded tokens per encode batch on CPU: a cap for long texts, not a speed-up. Measured on 2 AVX2 cores (fp32,
+# all-MiniLM-L6-v2, SciFact abstracts of ~235 tokens): with 1 thread, ~2k-token batches took ~15% less CPU than
+# 64-row (15k-token) ones; with 2 threads they took ~40% MORE (16.7 vs 11.8 CPU s for 96 abstracts). So the cap
+# only bounds memory for very long texts / big batch sizes.
+CPU_ENCODE_MAX_TOKENS = 16384
 
 # sentence-transformers' Pooling config keys (classic format) <-> our pooling names.
 _ST_POOLING_KEYS = {
@@ -312,13 +317,21 @@ class Encoder(nn.Module):
         normalize: bool = False,
         prompt: str | None = None,
         prompt_name: str | None = None,
+        bf16: bool | None = None,
+        max_tokens: int | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed texts in token-length-sorted batches (least padding); rows come back in input order.
 
         Identical texts are encoded once (eval mode is deterministic), which matters for STS/SICK-style sets
         where a sentence appears in many pairs. `prompt` (or `prompt_name`, a key of `self.prompts`) is
         prepended to every text, exactly as sentence-transformers' encode does.
+        `bf16=None` (auto) autocasts to bf16 only where the device
+        computes it natively (nlp_contrastive.precision); embeddings are returned in float32 either way.
+        A batch holds at most `batch_size` rows and at most `max_tokens` padded tokens (None: 16384 on CPU, no
+        token cap elsewhere), so long documents go in small batches and short sentences in full ones.
         """
+        from nlp_contrastive.precision import encode_autocast
+
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         _check_texts(texts)
@@ -331,15 +344,20 @@ class Encoder(nn.Module):
         was_training = self.training
         self.eval()
         device = self.device
+        if max_tokens is None and device.type == "cpu":
+            max_tokens = CPU_ENCODE_MAX_TOKENS
+        if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+            raise ValueError(f"batch_size and max_tokens must be >= 1, got {batch_size} and {max_tokens}")
         sorted_embeddings = torch.empty(len(unique), self.dimension, device=device)
         if show_progress_bar is None:
             show_progress_bar = len(unique) > 10 * batch_size
         progress = tqdm(total=len(unique), desc="Encoding", disable=not show_progress_bar)
         try:
-            for rows, features in self._sorted_batches(unique, batch_size):
-                features = {k: v.to(device) for k, v in features.items()}
-                sorted_embeddings[rows.to(device)] = self(**features, prompt_length=prompt_length).float()
-                progress.update(len(rows))
+            with encode_autocast(device, bf16):
+                for rows, features in self._sorted_batches(unique, batch_size, max_tokens):
+                    features = {k: v.to(device) for k, v in features.items()}
+                    sorted_embeddings[rows.to(device)] = self(**features, prompt_length=prompt_length).float()
+                    progress.update(len(rows))
         finally:
             progress.close()
             self.train(was_training)
@@ -350,20 +368,27 @@ class Encoder(nn.Module):
             embeddings = embeddings[0]
         return embeddings.cpu().numpy() if convert_to == "numpy" else embeddings
 
-    def _sorted_batches(self, texts: list[str], batch_size: int, window_batches: int = 128):
+    def _sorted_batches(self, texts: list[str], batch_size: int, max_tokens: int | None = None,
+                        window_batches: int = 128):
         """Yield (row indices, padded features), longest first, tokenizing each text once.
 
         Texts are ordered by character length globally (cheap), then tokenized a window at a time and re-sorted
-        by exact token count inside the window, so memory stays bounded for huge corpora.
+        by exact token count inside the window, so memory stays bounded for huge corpora. With `max_tokens`, a
+        batch takes rows while rows x its longest row stay within that many padded tokens (at least one row,
+        at most `batch_size`); without, every batch has `batch_size` rows.
         """
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         window = batch_size * window_batches
         for start in range(0, len(order), window):
             rows = order[start:start + window]
             encoded = self.tokenizer([texts[i] for i in rows], truncation=True, max_length=self.max_seq_length)
-            by_length = sorted(range(len(rows)), key=lambda j: -len(encoded["input_ids"][j]))
-            for b in range(0, len(by_length), batch_size):
-                picked = by_length[b:b + batch_size]
+            lengths = [len(ids) for ids in encoded["input_ids"]]
+            by_length = sorted(range(len(rows)), key=lambda j: -lengths[j])
+            b = 0
+            while b < len(by_length):
+                size = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // lengths[by_length[b]]))
+                picked = by_length[b:b + size]
+                b += size
                 features = self.tokenizer.pad({k: [v[j] for j in picked] for k, v in encoded.items()},
                                               return_tensors="pt")
                 yield torch.tensor([rows[j] for j in picked], dtype=torch.long), features

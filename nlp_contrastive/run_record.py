@@ -53,6 +53,7 @@ class RunRecord:
     loss: LossRecord = field(default_factory=LossRecord)
     recipe: dict[str, Any] = field(default_factory=dict)
     hardware: dict[str, Any] = field(default_factory=dict)
+    precision: dict[str, Any] = field(default_factory=dict)  # config.Recipe.precision: bf16 on/off and why
     train_runtime_seconds: float | None = None
     train_samples_per_second: float | None = None
     final_train_loss: float | None = None
@@ -71,7 +72,7 @@ class RunRecord:
         values["datasets"] = [_subrecord(SourceRecord, d) for d in values.get("datasets") or []
                               if isinstance(d, Mapping)]
         values["loss"] = _subrecord(LossRecord, values.get("loss") if isinstance(values.get("loss"), Mapping) else {})
-        for name in ("recipe", "hardware", "library_versions"):
+        for name in ("recipe", "hardware", "precision", "library_versions"):
             if not isinstance(values.get(name, {}), Mapping):
                 values.pop(name)
         return cls(**values)
@@ -108,6 +109,7 @@ def build_run_record(recipe, loss, source_rows: list[int], train_rows: int, trai
                         citation=getattr(inner, "citation", None), cached=recipe.loss.cached),
         recipe=recipe_as_dict(recipe),
         hardware=hardware_summary(str(recipe.training.device), recipe.training.world_size),
+        precision=recipe.precision.to_dict() if recipe.precision else {},
         train_runtime_seconds=metrics.get("train_runtime", time.time() - started),
         train_samples_per_second=metrics.get("train_samples_per_second"),
         final_train_loss=metrics.get("train_loss"),
