@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,6 +105,21 @@ def sigterm_overrides(model_dir, out, *extra):
             "--logging_steps", "50", "--save_strategy", "steps", "--save_steps", "10", "--max_steps", "60",
             "--learning_rate", "1e-3", *extra]
 
+def sigterm_after_checkpoint(proc: subprocess.Popen, checkpoint: Path) -> str:
+    """Wait until `checkpoint` exists, SIGTERM the run, return its stderr (the process is never left running)."""
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return err
+
+
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_saves_a_checkpoint_and_resume_gives_the_same_weights(tmp_path, data_dir):
@@ -116,16 +132,7 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_and_resume_gives_the_same_weights(
     proc = subprocess.Popen([sys.executable, "-m", "nlp_contrastive.cli", "train", recipe,
                              *sigterm_overrides(model_dir, killed)], env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not (killed / "checkpoint-10").is_dir() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err = sigterm_after_checkpoint(proc, killed / "checkpoint-10")
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err
     stopped = [line for line in err.splitlines() if line.startswith("stopped by SIGTERM")]
@@ -194,16 +201,7 @@ def test_sigterm_to_an_accelerate_launch_of_two_processes_saves_one_checkpoint_a
 
     killed = tmp_path / "killed"
     proc = launch(killed)
-    try:
-        deadline = time.monotonic() + 240
-        while not (killed / "checkpoint-10").is_dir() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err = sigterm_after_checkpoint(proc, killed / "checkpoint-10")
     stopped = [line for line in err.splitlines() if line.startswith("stopped by SIGTERM")]
     assert len(stopped) == 1, err[-3000:]  # printed by rank 0 only
     step = int(stopped[0].split("at step ")[1].split(":")[0])
