@@ -76,7 +76,7 @@ def build_model_card(run: RunRecord | Mapping, results: dict, results_meta: dict
 
 def read_model_info(output_dir: str | os.PathLike) -> dict:
     """What the card says about the saved model, read from its sentence-transformers config files."""
-    from nlp_contrastive.modeling import read_sentence_transformers_layout
+    from nlp_contrastive.st_layout import read_sentence_transformers_layout
 
     folder = Path(output_dir)
     layout = read_sentence_transformers_layout(str(folder))

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE
-from nlp_contrastive.mining import add_mine_arguments, run_mine
 from nlp_contrastive.modeling import DEFAULT_MODEL
 
 
@@ -138,6 +137,80 @@ def _plotter(folder: str):
             write_sts_scatter(Path(folder) / plot_filename(evaluator.name), evaluator.scores, predictions["cosine"],
                               title=title, score_range=evaluator.score_range)
     return plot
+
+
+# ------------------------------------------------------------------------------------------------ mine
+def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
+    """`nlp-contrastive mine` flags (argparse)."""
+    from nlp_contrastive.mining import OUTPUT_FORMATS, SAMPLING, MiningOptions
+
+    add = parser.add_argument
+    add("--model", default=DEFAULT_MODEL, help=f"model folder or hub id (default: {DEFAULT_MODEL})")
+    add("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv) or a pairs "
+                                      "file (query, positive columns; the corpus is its distinct positives)")
+    add("--split", default="train", help="qrels split (BEIR) or split label of the pairs file (default: train)")
+    add("--output", required=True, help="where to write the mined rows (.jsonl, or .parquet)")
+    add("--output-format", choices=OUTPUT_FORMATS, default="negatives",
+        help="negatives: one row per (query, positive) with a negatives list and scores; triplets: one row per "
+             "(query, positive, negative)")
+    add("--num-negatives", type=int, default=MiningOptions.num_negatives)
+    add("--range-min", type=int, default=MiningOptions.range_min, help="skip this many top non-positive candidates")
+    add("--range-max", type=int, default=MiningOptions.range_max, help="consider candidates up to this rank")
+    add("--absolute-margin", type=float, help="keep a candidate only if score <= positive score - m")
+    add("--relative-margin", type=float,
+        help="keep a candidate only if score <= positive - |positive| x m (NV-Retriever TopK-PercPos: 0.05)")
+    add("--max-score", type=float)
+    add("--min-score", type=float)
+    add("--sampling", choices=SAMPLING, default="top", help="top: the best survivors; random: a seeded sample")
+    add("--seed", type=int, default=MiningOptions.seed)
+    add("--query-prompt", default="", help="prefix added to every query before encoding")
+    add("--document-prompt", default="", help="prefix added to every document before encoding")
+    add("--query-column", default="query", help="pairs file: the query column")
+    add("--positive-column", default="positive", help="pairs file: the positive column")
+    add("--batch-size", type=int, default=MiningOptions.batch_size)
+    add("--corpus-chunk-size", type=int, default=MiningOptions.corpus_chunk_size,
+        help="documents encoded and searched at a time (bounds memory)")
+    add("--faiss", dest="use_faiss", choices=("auto", "true", "false"), default="auto",
+        help="faiss for the block search (auto: when installed; the numpy search is exact too)")
+    add("--max-seq-length", type=int, help="truncate texts to this many tokens (default: the model's own)")
+    add("--device", help="cpu, cuda, ... (default: cuda when available)")
+
+
+def run_mine(args: argparse.Namespace) -> int:
+    from nlp_contrastive.mining import (
+        MiningOptions,
+        load_positives,
+        mine_hard_negatives,
+        mined_rows,
+        write_rows,
+    )
+
+    try:
+        options = MiningOptions(
+            num_negatives=args.num_negatives, range_min=args.range_min, range_max=args.range_max,
+            absolute_margin=args.absolute_margin, relative_margin=args.relative_margin, max_score=args.max_score,
+            min_score=args.min_score, sampling=args.sampling, seed=args.seed, query_prompt=args.query_prompt,
+            document_prompt=args.document_prompt, batch_size=args.batch_size,
+            corpus_chunk_size=args.corpus_chunk_size,
+            use_faiss={"auto": None, "true": True, "false": False}[args.use_faiss])
+        if not Path(args.data).exists():
+            raise FileNotFoundError(f"--data '{args.data}' does not exist: give a BEIR folder or a pairs file")
+        data = load_positives(args.data, args.split, query_column=args.query_column,
+                              positive_column=args.positive_column)
+        encoder = _load_encoder(args.model, args.device)
+        if args.max_seq_length:
+            encoder.max_seq_length = args.max_seq_length
+        mined, stats = mine_hard_negatives(encoder, data, options)
+        rows = mined_rows(mined, args.output_format)
+        if not rows:
+            raise ValueError("no query kept any negative: loosen the margins / score filters or widen the range")
+        write_rows(args.output, rows)
+    except (ValueError, FileNotFoundError, ImportError, OSError) as exc:
+        print(f"nlp-contrastive mine: error: {exc}", file=sys.stderr)
+        return 2
+    print(stats.summary(options.num_negatives), file=sys.stderr)
+    print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ push

