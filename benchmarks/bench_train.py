@@ -27,11 +27,11 @@ RECIPES = {"cosine": REPO / "recipes" / "stsb-cosine.yaml", "infonce": REPO / "r
 
 
 def _train_rows(recipe_path: Path, max_rows: int | None):
-    from nlp_contrastive import data
+    from nlp_contrastive import train_data
     from nlp_contrastive.config import load_recipe
 
     recipe = load_recipe(str(recipe_path))
-    return data.build_train_dataset(recipe.data.train_data, max_rows=max_rows), recipe
+    return train_data.build_train_dataset(recipe.data.train_data, max_rows=max_rows), recipe
 
 
 def tokenization_seconds(kind: str, max_rows: int | None) -> float:

@@ -19,10 +19,19 @@ from typing import Any
 
 import yaml
 
-from nlp_contrastive.card_usage import sentence_transformers_snippet, transformers_snippet
+from nlp_contrastive.card_usage import (
+    base_model_id,
+    dataset_link,
+    dataset_links,
+    display_name,
+    hub_dataset,
+    join,
+    model_link,
+    sentence_transformers_snippet,
+    transformers_snippet,
+)
 from nlp_contrastive.files import write_text_atomic
 from nlp_contrastive.run_record import RESULTS_FILE, RESULTS_META_FILE, RunRecord, read_json
-from nlp_contrastive.sources import is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +165,11 @@ def _card_metadata(run: RunRecord, results: dict, results_meta: dict, name: str)
         "library_name": "sentence-transformers",
         "pipeline_tag": "sentence-similarity",
     }
-    base = _base_model_id(run.base_model)
+    base = base_model_id(run.base_model)
     if base:
         metadata["base_model"] = base
     datasets = [d.name for d in run.datasets]
-    hub_datasets = list(dict.fromkeys(h for h, _ in map(_hub_dataset, datasets) if h))
+    hub_datasets = list(dict.fromkeys(h for h, _ in map(hub_dataset, datasets) if h))
     if hub_datasets:
         metadata["datasets"] = hub_datasets
     model_index = _section(_model_index, name, results, results_meta)
@@ -180,13 +189,13 @@ def _model_index(name: str, results: dict, results_meta: dict) -> list[dict]:
         meta = results_meta.get(task) or {}
         task_type, task_name = _TASKS.get(meta.get("type"), ("sentence-similarity", "Sentence Similarity"))
         dataset = meta.get("dataset") or task
-        hub_id, config = _hub_dataset(dataset)
+        hub_id, config = hub_dataset(dataset)
         for metric, value in (metrics or {}).items():
             if not _is_number(value):
                 continue
             eval_results.append(EvalResult(
                 task_type=task_type, task_name=task_name,
-                dataset_type=hub_id or _display_name(dataset), dataset_name=task,
+                dataset_type=hub_id or display_name(dataset), dataset_name=task,
                 dataset_config=config, dataset_split=meta.get("split"),
                 metric_type=metric, metric_name=metric.replace("_", " ").title(), metric_value=float(value),
             ))
@@ -195,9 +204,9 @@ def _model_index(name: str, results: dict, results_meta: dict) -> list[dict]:
 
 def _intro(run: RunRecord, model_info: dict) -> str:
     base = run.base_model
-    base_text = f" finetuned from {_model_link(base)}" if base else ""
-    names = _dataset_links(run)
-    data_text = f" on {_join(names)}" if names else ""
+    base_text = f" finetuned from {model_link(base)}" if base else ""
+    names = dataset_links(run)
+    data_text = f" on {join(names)}" if names else ""
     dimension = model_info.get("dimension")
     space = f"a {dimension}-dimensional" if dimension else "a dense"
     return (f"This is a [sentence-transformers](https://www.SBERT.net) model{base_text}{data_text}, trained with "
@@ -209,7 +218,7 @@ def _intro(run: RunRecord, model_info: dict) -> str:
 def _model_details(run: RunRecord, model_info: dict) -> str:
     lines = ["## Model details", ""]
     if run.base_model:
-        lines.append(f"- **Base model:** {_model_link(run.base_model)}")
+        lines.append(f"- **Base model:** {model_link(run.base_model)}")
     if model_info.get("max_seq_length"):
         lines.append(f"- **Maximum sequence length:** {model_info['max_seq_length']} tokens")
     if model_info.get("dimension"):
@@ -221,9 +230,9 @@ def _model_details(run: RunRecord, model_info: dict) -> str:
         lines.append(f"- **Similarity function:** {model_info['similarity_fn_name']}")
     if run.loss.name:
         lines.append(f"- **Training loss:** `{run.loss.name}`")
-    names = _dataset_links(run)
+    names = dataset_links(run)
     if names:
-        lines.append(f"- **Training data:** {_join(names)}")
+        lines.append(f"- **Training data:** {join(names)}")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -256,7 +265,7 @@ def _evaluation(results: dict, results_meta: dict) -> str:
         lines = [f"### {task}" + (f" ({kind})" if kind else ""), ""]
         if meta.get("dataset"):
             split = f", split `{meta['split']}`" if meta.get("split") else ""
-            lines += [f"- Dataset: {_dataset_link(meta['dataset'])}{split}", ""]
+            lines += [f"- Dataset: {dataset_link(meta['dataset'])}{split}", ""]
         lines += ["| Metric | Value |", "|:--|--:|"]
         for metric, value in rows:
             cell = _format_metric(value)
@@ -296,9 +305,9 @@ def _per_dimension_table(results: dict, results_meta: dict) -> list[str]:
 def _training_details(run: RunRecord) -> str:
     parts = ["## Training details"]
     for dataset in run.datasets:
-        lines = [f"### Training dataset: {_display_name(dataset.name or 'unnamed')}", ""]
+        lines = [f"### Training dataset: {display_name(dataset.name or 'unnamed')}", ""]
         if dataset.name:
-            lines.append(f"- Dataset: {_dataset_link(dataset.name)}"
+            lines.append(f"- Dataset: {dataset_link(dataset.name)}"
                          + (f", split `{dataset.split}`" if dataset.split else ""))
         if _is_number(dataset.rows):
             lines.append(f"- Size: {int(dataset.rows):,} rows")
@@ -389,62 +398,3 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _base_model_id(base: Any) -> str | None:
-    """The hub id of the base model; the bundled offline copy of the default model counts as its hub id."""
-    if not isinstance(base, str) or not base:
-        return None
-    if is_hub_id(base):
-        return base
-    try:
-        from nlp_contrastive.modeling import DEFAULT_MODEL, bundled_default_model_path
-
-        bundled = bundled_default_model_path()
-        if bundled and os.path.realpath(base) == os.path.realpath(bundled):
-            return DEFAULT_MODEL
-    except Exception:
-        pass
-    return None
-
-
-def _hub_dataset(name: Any) -> tuple[str | None, str | None]:
-    """(hub id, config) of a dataset given by hub id or by one of data.py's named sets; (None, None) otherwise."""
-    if not isinstance(name, str) or not name:
-        return None, None
-    if is_hub_id(name):
-        return name, None
-    try:
-        from nlp_contrastive.data import NAMED_SETS
-    except Exception:
-        return None, None
-    spec = NAMED_SETS.get(name)
-    return (spec.hub_id, spec.hub_config) if spec and spec.hub_id else (None, None)
-
-
-def _display_name(name: str) -> str:
-    """Local paths are shown by their last component: cards should not publish someone's directory layout."""
-    if is_hub_id(name) or not ("/" in name or os.sep in name):
-        return name
-    return Path(name.rstrip("/" + os.sep)).name or name
-
-
-def _model_link(base: str) -> str:
-    hub_id = _base_model_id(base)
-    return f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{_display_name(base)}` (local)"
-
-
-def _dataset_links(run: RunRecord) -> list[str]:
-    return [_dataset_link(d.name) for d in run.datasets if d.name]
-
-
-def _dataset_link(name: str) -> str:
-    hub_id, config = _hub_dataset(name)
-    if not hub_id:
-        return f"`{_display_name(name)}`"
-    label = hub_id if hub_id == name else f"{name} ({hub_id}" + (f", config `{config}`" if config else "") + ")"
-    return f"[{label}](https://huggingface.co/datasets/{hub_id})"

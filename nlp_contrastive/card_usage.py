@@ -1,8 +1,14 @@
-"""The usage code a model card shows: sentence-transformers, and plain transformers + this model's pooling."""
+"""What a model card shows about using the model: usage code (sentence-transformers, and plain transformers +
+this model's pooling) and links to the base model and datasets (hub ids only: local paths are never published)."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+from typing import Any
+
+from nlp_contrastive.sources import is_hub_id
 
 EXAMPLE_SENTENCES = (
     "The weather is lovely today.",
@@ -80,3 +86,62 @@ def transformers_snippet(model_id: str, *, pooling: str = "mean", normalize: boo
         "print(embeddings.shape)",
     ]
     return "\n".join(line for line in lines if line is not None)
+
+
+def join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def base_model_id(base: Any) -> str | None:
+    """The hub id of the base model; the bundled offline copy of the default model counts as its hub id."""
+    if not isinstance(base, str) or not base:
+        return None
+    if is_hub_id(base):
+        return base
+    try:
+        from nlp_contrastive.modeling import DEFAULT_MODEL, bundled_default_model_path
+
+        bundled = bundled_default_model_path()
+        if bundled and os.path.realpath(base) == os.path.realpath(bundled):
+            return DEFAULT_MODEL
+    except Exception:
+        pass
+    return None
+
+
+def hub_dataset(name: Any) -> tuple[str | None, str | None]:
+    """(hub id, config) of a dataset given by hub id or by one of data.py's named sets; (None, None) otherwise."""
+    if not isinstance(name, str) or not name:
+        return None, None
+    if is_hub_id(name):
+        return name, None
+    try:
+        from nlp_contrastive.data import NAMED_SETS
+    except Exception:
+        return None, None
+    spec = NAMED_SETS.get(name)
+    return (spec.hub_id, spec.hub_config) if spec and spec.hub_id else (None, None)
+
+
+def display_name(name: str) -> str:
+    """Local paths are shown by their last component: cards should not publish someone's directory layout."""
+    if is_hub_id(name) or not ("/" in name or os.sep in name):
+        return name
+    return Path(name.rstrip("/" + os.sep)).name or name
+
+
+def model_link(base: str) -> str:
+    hub_id = base_model_id(base)
+    return f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{display_name(base)}` (local)"
+
+
+def dataset_links(run) -> list[str]:
+    return [dataset_link(d.name) for d in run.datasets if d.name]
+
+
+def dataset_link(name: str) -> str:
+    hub_id, config = hub_dataset(name)
+    if not hub_id:
+        return f"`{display_name(name)}`"
+    label = hub_id if hub_id == name else f"{name} ({hub_id}" + (f", config `{config}`" if config else "") + ")"
+    return f"[{label}](https://huggingface.co/datasets/{hub_id})"

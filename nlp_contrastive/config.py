@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from transformers import HfArgumentParser
 
 from nlp_contrastive.modeling import DEFAULT_MODEL
 from nlp_contrastive.precision import AUTO, PrecisionChoice, resolve_bf16, warn_if_emulated
+from nlp_contrastive.recipe_types import coerce_number, describe, field_type, matches
 from nlp_contrastive.sources import check_known_keys, yaml_problem
 
 SECTIONS = ("model", "data", "loss", "eval", "training")
@@ -167,11 +166,11 @@ def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
 def check_recipe(recipe: Recipe) -> None:
     """Every check that needs no model and no data: sources, sampler, loss and its kwargs against the roles the
     sources map, evaluation settings."""
-    from nlp_contrastive.data import check_prompts, train_source
     from nlp_contrastive.evaluation.suite import check_tasks
     from nlp_contrastive.losses.build import build_loss, check_loss_roles
     from nlp_contrastive.multi_dataset import check_multi_dataset_sampling
     from nlp_contrastive.sampling import check_batch_sampler
+    from nlp_contrastive.train_data import check_prompts, train_source
 
     args = recipe.training
     check_numbers(recipe)
@@ -341,62 +340,11 @@ def check_keys_and_types(values: dict[str, Any]) -> None:
     ours = sorted(k for k, cls in keys.items() if cls is not TrainingArguments or k in _OUR_TRAINING_KEYS)
     check_known_keys(values, keys, "recipe", listed=f"{', '.join(ours)} and any TrainingArguments field")
     for key, value in values.items():
-        expected = _field_type(keys[key], key)
-        value = values[key] = _coerce_number(value, expected)
-        if expected is not None and not _matches(value, expected):
-            raise ValueError(f"recipe key '{key}' must be {_describe(expected)}, got {value!r} "
+        expected = field_type(keys[key], key)
+        value = values[key] = coerce_number(value, expected)
+        if expected is not None and not matches(value, expected):
+            raise ValueError(f"recipe key '{key}' must be {describe(expected)}, got {value!r} "
                              f"({type(value).__name__})")
-
-
-def _coerce_number(value: Any, expected) -> Any:
-    """YAML 1.1 reads `3e-5` as a string; accept it where the field is a float (and `true` where it is a str)."""
-    if isinstance(value, bool) and expected is not None and _matches("x", expected) and not _matches(value, expected):
-        return str(value).lower()
-    if isinstance(value, str) and expected is not None and _matches(1.5, expected) and not _matches(value, expected):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _field_type(cls: type, name: str):
-    hints = typing.get_type_hints(cls)
-    return hints.get(name)
-
-
-def _matches(value: Any, expected) -> bool:
-    origin = typing.get_origin(expected)
-    if expected is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(expected))
-    if origin is typing.Literal:
-        return value in typing.get_args(expected)
-    if expected is type(None):
-        return value is None
-    if origin in (list, tuple):
-        return isinstance(value, (list, tuple))
-    if origin is dict:
-        return isinstance(value, dict)
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(expected, type):
-        if issubclass(expected, str):  # enums in TrainingArguments are str subclasses; accept their values
-            return isinstance(value, str)
-        return isinstance(value, expected)
-    return True  # exotic annotations: let the dataclass validate
-
-
-def _describe(expected) -> str:
-    origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(expected))
-    if expected is type(None):
-        return "null"
-    return getattr(expected, "__name__", str(expected))
 
 
 def recipe_as_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,7 @@ import numpy as np
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from nlp_contrastive import config, data, sampling
+from nlp_contrastive import config, data, sampling, train_data
 from nlp_contrastive.losses.build import build_loss
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.run_record import CURVES_FILE, build_run_record, plot_training_curves, write_results
@@ -54,16 +54,16 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
                       cache_max_tokens=recipe.loss.cache_max_tokens)
     encoder.matryoshka_dims = check_matryoshka_dims(loss, encoder.dimension)
     encoder.prompts.update(saved_prompts(recipe.data.prompts))
-    sources = data.build_train_sources(recipe.data.train_data, prompts=recipe.data.prompts)
+    sources = train_data.build_train_sources(recipe.data.train_data, prompts=recipe.data.prompts)
     multi = recipe.data.multi_dataset_sampling
-    train_ds = data.concatenate(sources, max_rows=recipe.data.max_train_rows, keep_sources=multi is not None)
+    train_ds = train_data.concatenate(sources, max_rows=recipe.data.max_train_rows, keep_sources=multi is not None)
     train_ds = data.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
                                    num_proc=recipe.data.tokenize_num_proc)
     if args.should_log:
         batches = sampling.batches_per_epoch(recipe.data.batch_sampler, train_ds, args.per_device_train_batch_size, args)
         source_rows = list(np.bincount(train_ds["source"][:], minlength=len(sources))) if multi else None
         config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
-                                                             data.hard_negatives_per_row(train_ds),
+                                                             train_data.hard_negatives_per_row(train_ds),
                                                              source_rows=source_rows))
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
     trainer = ContrastiveTrainer(

@@ -9,7 +9,7 @@ import datasets
 import pytest
 import torch
 
-from nlp_contrastive import data
+from nlp_contrastive import data, train_data
 from nlp_contrastive.batch import Batch, BatchCollator
 from nlp_contrastive.losses import InfoNCELoss
 from nlp_contrastive.train import main, train
@@ -44,7 +44,7 @@ SPEC = {"split": "train", "columns": {"anchor": "query", "positive": "positive",
 @pytest.mark.parametrize("newline", ["\r\n", "\n"])
 def test_beir_folder_gives_one_row_per_relevant_pair_with_all_known_positives(tmp_path, newline):
     folder = write_beir(tmp_path / "beir", newline)
-    ds = data.build_train_dataset([{"dataset": str(folder), **SPEC}])
+    ds = train_data.build_train_dataset([{"dataset": str(folder), **SPEC}])
     rows = sorted(zip(ds["anchor"], ds["positive"], ds["known_positives"], strict=True))
     doc = {i: f"{t} {x}" for i, (t, x) in CORPUS.items()}  # MTEB's document text: title + " " + text
     assert rows == sorted([

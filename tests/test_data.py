@@ -3,7 +3,7 @@ import json
 import datasets
 import pytest
 
-from nlp_contrastive import data
+from nlp_contrastive import data, train_data
 from nlp_contrastive.batch import BatchCollator
 
 
@@ -88,12 +88,12 @@ def test_filter_and_group_pairs():
 def test_build_train_dataset_from_specs(data_dir):
     specs = [{"dataset": "stsb", "filter": "score >= 4", "columns": {"anchor": "sentence1", "positive": "sentence2"}},
              {"dataset": "msrp", "filter": "label == 1", "columns": {"anchor": "sentence1", "positive": "sentence2"}}]
-    ds = data.build_train_dataset(specs)
+    ds = train_data.build_train_dataset(specs)
     assert ds.column_names == ["anchor", "positive"] and len(ds) > 3000
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['colums'\]"):
-        data.build_train_dataset([{"dataset": "stsb", "colums": {}}])
+        train_data.build_train_dataset([{"dataset": "stsb", "colums": {}}])
     with pytest.raises(ValueError, match="give every source the same roles"):
-        data.build_train_dataset([specs[0], {"dataset": "stsb", "columns": {"anchor": "sentence1",
+        train_data.build_train_dataset([specs[0], {"dataset": "stsb", "columns": {"anchor": "sentence1",
                                                                              "positive": "sentence2", "score": "score"}}])
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from nlp_contrastive.batch import Batch
-from nlp_contrastive.data import apply_prompts, role_prompts
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.train import main, with_prompts
+from nlp_contrastive.train_data import apply_prompts, role_prompts
 from tests.conftest import REPO_ROOT, make_tiny_encoder
 from tests.test_trainer import tiny_overrides
 

@@ -67,14 +67,14 @@ def test_no_duplicates_global_batches(num_replicas, drop_last):
 @pytest.fixture(scope="module")
 def paraphrase_rows():
     """The training rows of recipes/paraphrase-infonce.yaml (5,112 pairs; one SICK sentence is in 9 rows)."""
-    from nlp_contrastive import data, sampling
+    from nlp_contrastive import sampling, train_data
     from nlp_contrastive.config import load_recipe
     from tests.conftest import REPO_ROOT
 
     if not (REPO_ROOT.parent / "shared" / "data" / "sickr").exists() and "NLPC_DATA_DIR" not in os.environ:
         pytest.skip("paraphrase data not found (set NLPC_DATA_DIR)")
     recipe = load_recipe(str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml"), ["--use_cpu", "true"])
-    return sampling.texts_per_row(data.build_train_dataset(recipe.data.train_data))
+    return sampling.texts_per_row(train_data.build_train_dataset(recipe.data.train_data))
 
 
 @pytest.mark.parametrize("batch_size,seed,num_replicas", [(1024, 42, 1), (64, 0, 1), (64, 10, 1), (32, 0, 2),
