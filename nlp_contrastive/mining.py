@@ -124,38 +124,34 @@ def load_positives(data: str | Path, split: str = "train", *, query_column: str 
                    positive_column: str = "positive") -> RetrievalPositives:
     """A BEIR folder (qrels relevance >= 1 of `split`) or a pairs file (corpus = its distinct positives)."""
     if is_beir_folder(data):
-        queries, corpus, qrels = load_beir(str(data), split)
-        positives = {q: [d for d, rel in judged.items() if rel >= 1] for q, judged in qrels.items()}
-        where = f"{data} qrels/{split}.tsv"
-    else:
-        from nlp_contrastive.data import load_split
+        return beir_positives(str(data), split)
+    from nlp_contrastive.data import load_split
 
-        rows = load_split(str(data), split)
-        missing = [c for c in (query_column, positive_column) if c not in rows.column_names]
-        if missing:
-            raise ValueError(f"{data}: no column(s) {missing} (columns: {', '.join(rows.column_names)}): set "
-                             "--query-column / --positive-column")
-        queries, corpus, positives = {}, {}, {}
-        query_ids: dict[str, str] = {}
-        doc_ids: dict[str, str] = {}
-        for row, (query, positive) in enumerate(zip(rows[query_column], rows[positive_column], strict=True)):
-            for role, text in (("query", query), ("positive", positive)):
-                if not isinstance(text, str) or not text.strip():
-                    raise ValueError(f"{data}: row {row} has no {role} text: fix or drop that row")
-            qid = query_ids.setdefault(query, f"q{len(query_ids)}")
-            queries[qid] = query
-            did = doc_ids.setdefault(positive, f"d{len(doc_ids)}")
-            corpus[did] = positive
-            positives.setdefault(qid, []).append(did)
-        where = str(data)
-    return check_positives(RetrievalPositives(queries, corpus, positives), where)
+    rows = load_split(str(data), split)
+    missing = [c for c in (query_column, positive_column) if c not in rows.column_names]
+    if missing:
+        raise ValueError(f"{data}: no column(s) {missing} (columns: {', '.join(rows.column_names)}): set "
+                         "--query-column / --positive-column")
+    queries, corpus, positives = {}, {}, {}
+    query_ids: dict[str, str] = {}
+    doc_ids: dict[str, str] = {}
+    for row, (query, positive) in enumerate(zip(rows[query_column], rows[positive_column], strict=True)):
+        for role, text in (("query", query), ("positive", positive)):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{data}: row {row} has no {role} text: fix or drop that row")
+        qid = query_ids.setdefault(query, f"q{len(query_ids)}")
+        queries[qid] = query
+        did = doc_ids.setdefault(positive, f"d{len(doc_ids)}")
+        corpus[did] = positive
+        positives.setdefault(qid, []).append(did)
+    return check_positives(RetrievalPositives(queries, corpus, positives), str(data))
 
 
 def beir_positives(source: str, split: str) -> RetrievalPositives:
     """Every relevance >= 1 judgment of a BEIR dataset's split (local folder or hub copy), checked."""
     queries, corpus, qrels = load_beir(source, split)
     positives = {q: [d for d, rel in judged.items() if rel >= 1] for q, judged in qrels.items()}
-    return check_positives(RetrievalPositives(queries, corpus, positives), f"{source} qrels {split}")
+    return check_positives(RetrievalPositives(queries, corpus, positives), f"{source} qrels/{split}")
 
 
 def positive_pairs(data: RetrievalPositives) -> dict[str, list]:

@@ -7,14 +7,14 @@ from collections.abc import Mapping, Sequence
 
 import datasets
 
-from nlp_contrastive.batch import LIST_ROLES, ROLES
+from nlp_contrastive.batch import EMBEDDED_ROLES, LIST_ROLES, ROLES
 from nlp_contrastive.data import filter_rows, group_pairs, load_split, parse_condition, select_roles
 from nlp_contrastive.sources import Source, is_beir_folder
 
 # Besides the common source keys (nlp_contrastive.sources): `group_pairs`, `prompts`, and `layout: beir` for a
 # BEIR dataset (corpus, queries, qrels) given as a hub id; a local BEIR folder is recognised by itself.
 TRAIN_KEYS = ("group_pairs", "layout", "prompts")
-PROMPT_ROLES = ("anchor", "positive", "negative", "negatives")
+PROMPT_ROLES = EMBEDDED_ROLES  # texts that are embedded take prompts
 
 
 def train_source(spec: Mapping, position: int) -> Source:
