@@ -141,14 +141,8 @@ def sampled_folder(args, work: Path) -> str:
 
 def our_recipe(args, mined: Path, output: Path, work: Path) -> Path:
     """recipes/scifact-hardneg.yaml on this run's mined file and settings (final eval done by this script)."""
-    from nlp_contrastive import data as data_module
-
     recipe = yaml.safe_load((ROOT / "recipes" / "scifact-hardneg.yaml").read_text())
-    source = recipe["data"]["train_data"][0]
-    source["dataset"] = str(mined)
-    if "known_positives" not in getattr(data_module, "ROLES", ()):
-        source["columns"].pop("known_positives", None)
-        print("note: data.py has no known_positives role yet: training without the multi-positive mask")
+    recipe["data"]["train_data"][0]["dataset"] = str(mined)
     recipe["model"].update(model_name_or_path=model_path(args), max_seq_length=args.max_seq_length)
     recipe["eval"]["final_eval_tasks"] = []
     recipe["training"].update(output_dir=str(output), num_train_epochs=args.epochs, bf16=False,
