@@ -154,6 +154,8 @@ class BatchCollator:
                 continue
             if role == "negatives":
                 sequences = [ids for row in rows for ids in row[column]]
+                if not sequences:
+                    continue  # no row of this batch has a hard negative: in-batch negatives only
                 batch.negatives_index = _flat_index([len(row[column]) for row in rows])
             else:
                 sequences = [row[column] for row in rows]

@@ -25,6 +25,8 @@ import yaml
 from nlp_contrastive.batch import LIST_ROLES, ROLES, TEXT_ROLES, VALUE_ROLES, token_column
 from nlp_contrastive.sources import is_local_path, yaml_problem
 
+logger = logging.getLogger(__name__)
+
 DATA_DIR_ENV = "NLPC_DATA_DIR"
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 
@@ -301,7 +303,16 @@ def _check_text_column(column: pa.ChunkedArray, role: str, source: str) -> None:
                              f"{column.type}: map a column of text lists")
         _first_bad(column, pc.is_null(column), role, source, "is missing (null)")
         empty_lists = pc.equal(pc.list_value_length(column), 0)
-        _first_bad(column, empty_lists, role, source, "is an empty list")
+        if role == "negatives":  # e.g. a mined query whose candidates all failed the filters: in-batch only
+            empty = pc.sum(empty_lists).as_py() or 0
+            if empty == len(column):
+                raise ValueError(f"negatives in {source} is an empty list in every row: map no negatives column "
+                                 "(in-batch negatives only) or mine with looser filters")
+            if empty:
+                logger.info("%s: %d of %d rows have no hard negative (in-batch negatives only)", source, empty,
+                            len(column))
+        else:
+            _first_bad(column, empty_lists, role, source, "is an empty list")
         column = pc.list_flatten(column)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise ValueError(f"column for role '{role}' in {source} holds {column.type}, not {kind}: map a text column")

@@ -100,7 +100,8 @@ class MiningStats:
                  f"candidates seen: {self.candidates_seen}"]
         lines += [f"  removed by {name}: {count}" for name, count in self.removed.items()]
         lines += [f"negatives per query: mean {per_query.mean():.2f}, min {per_query.min()}, max {per_query.max()}; "
-                  f"{short} queries got fewer than {num_negatives}",
+                  f"{short} queries got fewer than {num_negatives} "
+                  f"({int((per_query == 0).sum())} none: kept with in-batch negatives only)",
                   f"mean positive score {_mean(self.positive_scores):.4f}, "
                   f"mean negative score {_mean(self.negative_scores):.4f}"]
         return "\n".join(lines)
@@ -319,8 +320,11 @@ def mined_rows(mined: Sequence[MinedQuery], output_format: str = "negatives") ->
         raise ValueError(f"output format '{output_format}' is not one of {', '.join(OUTPUT_FORMATS)}")
     rows = []
     for m in mined:
-        if not m.negatives:
-            continue  # nothing survived the filters: the row would have no hard negative
+        if not m.negatives and output_format == "triplets":
+            continue  # nothing survived the filters: no triplet to write
+        # `negatives`: a query whose candidates all failed the filters (typically the base model ranks its
+        # positive below them — the queries there is most to learn from) keeps its rows with `negatives: []`;
+        # it trains on in-batch negatives. sentence-transformers' n-tuple output drops such queries.
         for positive, positive_score in zip(m.positives, m.positive_scores, strict=True):
             if output_format == "triplets":
                 rows += [{"query_id": m.query_id, "query": m.query, "positive": positive, "negative": negative}

@@ -320,3 +320,15 @@ def test_pairs_file_groups_the_positives_of_a_query(tmp_path):
     assert by_text == {"claim a": ["abs 1", "abs 3"], "claim b": ["abs 2"], "claim c": ["abs 2"]}
     with pytest.raises(ValueError, match=r"no column\(s\) \['query', 'positive'\] \(columns: q, doc\)"):
         load_positives(path, "train")
+
+
+def test_a_query_whose_candidates_all_fail_the_filters_keeps_its_rows_without_negatives():
+    """The base model ranks the positive below every candidate: nothing passes a 50% relative margin, but the
+    query still trains (in-batch negatives); triplets have nothing to write for it."""
+    mined, stats = _mine(num_negatives=2, range_max=3, relative_margin=0.5)
+    assert mined["q1"].negatives == [] and stats.negatives_per_query == [0]
+    rows = mined_rows(list(mined.values()))
+    assert [(r["query"], r["positive"], r["negatives"], r["known_positives"]) for r in rows] == \
+        [("q", "pos", [], ["pos"])]
+    assert mined_rows(list(mined.values()), "triplets") == []
+    assert "(1 none: kept with in-batch negatives only)" in stats.summary(2)
