@@ -174,16 +174,13 @@ def check_recipe(recipe: Recipe) -> None:
     from nlp_contrastive.losses.build import build_loss, check_loss_roles
     from nlp_contrastive.multi_dataset import check_multi_dataset_sampling
     from nlp_contrastive.sampling import check_batch_sampler
-    from nlp_contrastive.student import check_keep_layers
-    from nlp_contrastive.teacher import check_teacher_settings, distillation_roles
+    from nlp_contrastive.teacher import check_distillation, distillation_roles
     from nlp_contrastive.train_data import check_prompts, train_source
 
     args = recipe.training
     check_numbers(recipe)
     sources = [train_source(spec, i) for i, spec in enumerate(recipe.data.train_data)]
     check_lora(recipe.model)
-    if recipe.model.keep_layers is not None:
-        check_keep_layers(recipe.model.keep_layers)
     check_prompts(recipe.data.prompts)
     has_prompts = recipe.data.prompts or any(spec.get("prompts") for spec in recipe.data.train_data)
     if has_prompts and recipe.model.include_prompt is False:
@@ -194,7 +191,7 @@ def check_recipe(recipe: Recipe) -> None:
                                  recipe.data.sampling_temperature, len(sources))
     check_loss_kwargs(recipe.loss.loss, recipe.loss.loss_kwargs)
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs)
-    check_teacher_settings(recipe.loss.teacher, loss, recipe.loss.loss, recipe.data.train_data)
+    check_distillation(recipe, loss)
     if sources:
         batch = args.per_device_train_batch_size * (args.world_size if recipe.loss_gathers() else 1)
         roles = distillation_roles(sources[0].columns, recipe.data.train_data[0], recipe.loss.teacher)

@@ -39,6 +39,15 @@ def distillation_roles(columns: Mapping[str, str], spec: Mapping, teacher: str |
     return roles
 
 
+def check_distillation(recipe, loss) -> None:
+    """At recipe load: the student's keep_layers, and the teacher settings (see `check_teacher_settings`)."""
+    if recipe.model.keep_layers is not None:
+        from nlp_contrastive.student import check_keep_layers
+
+        check_keep_layers(recipe.model.keep_layers)
+    check_teacher_settings(recipe.loss.teacher, loss, recipe.loss.loss, recipe.data.train_data)
+
+
 def check_teacher_settings(teacher: str | None, loss, loss_name: str, specs: Sequence[Mapping]) -> None:
     """`teacher` only with a loss that takes teacher embeddings, and not next to a mapped teacher_embedding column."""
     if not teacher:
