@@ -24,7 +24,11 @@ MASKING_ROLES = ("known_positives",)
 TEXT_ROLES = EMBEDDED_ROLES + MASKING_ROLES
 LIST_ROLES = ("negatives", "known_positives")
 VALUE_ROLES = ("score", "label")
-ROLES = TEXT_ROLES + VALUE_ROLES
+# A vector of floats per row, the teacher's view for distillation: its scores [1 + K] (positive first, then each
+# negative) or its embedding [D] of the anchor text. Collated as [B, L] float32; shorter rows padded with 0 (the
+# loss masks slots of padded negatives).
+VECTOR_ROLES = ("teacher_scores", "teacher_embedding")
+ROLES = TEXT_ROLES + VALUE_ROLES + VECTOR_ROLES
 
 # Loss arguments that are hints (duplicate / false-negative masking): given to a loss only if it takes them.
 _TEXT_ID_ARGUMENTS = {"anchor": "anchor_ids", "positive": "positive_ids", "negative": "negative_ids",
@@ -49,7 +53,7 @@ class Batch:
     negatives_index: [B, K] row of the flattened negatives holding row b's k-th negative, -1 = padding.
     text_hashes: role -> int64 hash of each text's token ids ([B]; [M] for negatives; [B, P] for
         known_positives with -1 padding) — equal texts have equal hashes, for false-negative masking.
-    values: "score" / "label" -> [B] float32.
+    values: "score" / "label" -> [B] float32; "teacher_scores" / "teacher_embedding" -> [B, L] float32.
     extras: further keyword arguments passed to the loss as they are (e.g. from a user calling CachedLoss).
     """
 
@@ -64,7 +68,7 @@ class Batch:
         """The Batch behind a collated dict (the Trainer moves dicts, not dataclasses, to the device)."""
         return cls(features=inputs["features"], negatives_index=inputs.get("negatives_index"),
                    text_hashes=dict(inputs.get("text_hashes", {})),
-                   values={k: inputs[k] for k in VALUE_ROLES if k in inputs})
+                   values={k: inputs[k] for k in VALUE_ROLES + VECTOR_ROLES if k in inputs})
 
     def as_inputs(self) -> dict:
         inputs: dict = {"features": self.features, "text_hashes": self.text_hashes, **self.values}
@@ -107,7 +111,7 @@ class Batch:
 
     def loss_kwargs(self, embeddings: Mapping[str, torch.Tensor], loss: nn.Module) -> dict:
         """Keyword arguments for `loss`: embeddings by role (negatives as [B, K, D] + negatives_mask), score,
-        label, extras — all passed; text-hash masking hints only where the loss's forward takes them."""
+        label, teacher_scores / teacher_embedding, extras — all passed; text-hash masking hints only where the loss's forward takes them."""
         arguments: dict = {}
         for role, embedding in embeddings.items():
             if role == "negatives":
@@ -138,7 +142,7 @@ def _accepted(loss: nn.Module) -> set[str] | None:
 
 
 class BatchCollator:
-    """Rows with `<role>_input_ids` token columns (+ score/label) -> the dict behind a `Batch`."""
+    """Rows with `<role>_input_ids` token columns (+ score/label, teacher vectors) -> the dict behind a `Batch`."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
@@ -164,6 +168,9 @@ class BatchCollator:
         for name in VALUE_ROLES:
             if name in rows[0]:
                 batch.values[name] = torch.tensor([float(row[name]) for row in rows], dtype=torch.float32)
+        for name in VECTOR_ROLES:
+            if name in rows[0]:
+                batch.values[name] = padded_vectors([row[name] for row in rows])
         inputs = batch.as_inputs()
         if ROW_ID in rows[0]:
             inputs["row_ids"] = torch.tensor([row[ROW_ID] for row in rows], dtype=torch.long)
@@ -199,3 +206,12 @@ def _padded_hashes(lists: list[list[list[int]]]) -> torch.Tensor:
         for j, ids in enumerate(texts):
             hashes[i, j] = text_hash(ids)
     return hashes
+
+
+def padded_vectors(vectors: Sequence[Sequence[float]]) -> torch.Tensor:
+    """[B, L] float32 from one float list per row, padded with 0 to the longest (rows with fewer negatives)."""
+    width = max(len(v) for v in vectors)
+    out = torch.zeros((len(vectors), width), dtype=torch.float32)
+    for i, vector in enumerate(vectors):
+        out[i, :len(vector)] = torch.as_tensor(vector, dtype=torch.float32)
+    return out

@@ -54,6 +54,7 @@ class ModelConfig:
     # adapters train; the output is an adapter folder, or the merged model with lora_merge: true.
     lora: dict | None = None
     lora_merge: bool = False
+    keep_layers: list[int] | None = None  # a smaller student: only these transformer layers (nlp_contrastive.student)
 
 
 @dataclass
@@ -90,6 +91,9 @@ class LossConfig:
     cache_mini_batch_size: int = 32
     cache_max_tokens: int | None = None
     single_forward: bool = True  # embed all text columns of a batch in one forward pass
+    # mse_distillation: the model whose embeddings of the anchor texts are the targets; computed once before
+    # training and cached with the dataset (nlp_contrastive.teacher).
+    teacher: str | None = None
 
 
 @dataclass
@@ -170,6 +174,7 @@ def check_recipe(recipe: Recipe) -> None:
     from nlp_contrastive.losses.build import build_loss, check_loss_roles
     from nlp_contrastive.multi_dataset import check_multi_dataset_sampling
     from nlp_contrastive.sampling import check_batch_sampler
+    from nlp_contrastive.teacher import check_distillation, distillation_roles
     from nlp_contrastive.train_data import check_prompts, train_source
 
     args = recipe.training
@@ -186,9 +191,11 @@ def check_recipe(recipe: Recipe) -> None:
                                  recipe.data.sampling_temperature, len(sources))
     check_loss_kwargs(recipe.loss.loss, recipe.loss.loss_kwargs)
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs)
+    check_distillation(recipe, loss)
     if sources:
         batch = args.per_device_train_batch_size * (args.world_size if recipe.loss_gathers() else 1)
-        check_loss_roles(loss, recipe.loss.loss, sources[0].columns, batch_size=batch)
+        roles = distillation_roles(sources[0].columns, recipe.data.train_data[0], recipe.loss.teacher)
+        check_loss_roles(loss, recipe.loss.loss, roles, batch_size=batch)
     eval_strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
     if eval_strategy != "no" and not recipe.eval.eval_tasks:
         raise ValueError(f"eval_strategy is '{eval_strategy}' but eval_tasks is empty: add "

@@ -15,7 +15,7 @@ import numpy as np
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from nlp_contrastive import config, data, sampling, train_data
+from nlp_contrastive import config, data, sampling, student, teacher, train_data
 from nlp_contrastive.losses.build import build_loss
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.run_record import CURVES_FILE, build_run_record, plot_training_curves, write_results
@@ -57,6 +57,10 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     sources = train_data.build_train_sources(recipe.data.train_data, prompts=recipe.data.prompts)
     multi = recipe.data.multi_dataset_sampling
     train_ds = train_data.concatenate(sources, max_rows=recipe.data.max_train_rows, keep_sources=multi is not None)
+    train_ds = teacher.prepare_teacher_embeddings(train_ds, recipe.loss.teacher, student_dim=encoder.dimension,
+                                                  student=recipe.model.model_name_or_path,
+                                                  max_seq_length=encoder.max_seq_length,
+                                                  main_process_first=args.main_process_first)
     train_ds = data.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
                                    num_proc=recipe.data.tokenize_num_proc)
     if args.should_log:
@@ -132,6 +136,8 @@ def build_encoder(cfg: config.ModelConfig) -> Encoder:
                                       max_seq_length=cfg.max_seq_length, **kwargs)
     if cfg.include_prompt is not None:
         encoder.include_prompt = cfg.include_prompt
+    if cfg.keep_layers is not None:
+        student.keep_layers(encoder.model, cfg.keep_layers)
     if cfg.lora is not None:
         encoder.add_lora(**cfg.lora)
     return encoder

@@ -10,10 +10,12 @@ import datasets
 from nlp_contrastive.batch import EMBEDDED_ROLES, LIST_ROLES, ROLES
 from nlp_contrastive.data import filter_rows, group_pairs, load_split, parse_condition, select_roles
 from nlp_contrastive.sources import Source, is_beir_folder
+from nlp_contrastive.teacher import check_scores_key, check_teacher_scores, join_score_columns
 
 # Besides the common source keys (nlp_contrastive.sources): `group_pairs`, `prompts`, and `layout: beir` for a
-# BEIR dataset (corpus, queries, qrels) given as a hub id; a local BEIR folder is recognised by itself.
-TRAIN_KEYS = ("group_pairs", "layout", "prompts")
+# BEIR dataset (corpus, queries, qrels) given as a hub id; a local BEIR folder is recognised by itself;
+# `teacher_scores: [positive_score, negative_scores]` joins score columns into each row's teacher scores [1 + K].
+TRAIN_KEYS = ("group_pairs", "layout", "prompts", "teacher_scores")
 PROMPT_ROLES = EMBEDDED_ROLES  # texts that are embedded take prompts
 
 
@@ -31,6 +33,10 @@ def train_source(spec: Mapping, position: int) -> Source:
     if not source.columns:
         raise ValueError(f"{where} needs 'columns' ({{role: column}}), e.g. {{anchor: sentence1, positive: sentence2}}")
     check_prompts(spec.get("prompts"), f"{where} prompts")
+    if spec.get("teacher_scores") is not None:
+        check_scores_key(spec["teacher_scores"], where)
+        if "teacher_scores" in source.columns:
+            raise ValueError(f"{where} sets teacher_scores both as a source key and in columns: keep one")
     return source
 
 
@@ -133,7 +139,11 @@ def _build_source(spec: Mapping, position: int) -> datasets.Dataset:
     if spec.get("group_pairs"):
         ds = group_pairs(ds, **spec["group_pairs"])
     where = f"train_data[{position}] ({source.dataset}:{source.split})"
-    ds = select_roles(ds, source.columns, score_range=source.score_range, label_map=source.label_map, source=where)
+    columns = dict(source.columns)
+    if spec.get("teacher_scores") is not None:
+        ds, columns["teacher_scores"] = join_score_columns(ds, check_scores_key(spec["teacher_scores"], where), where)
+    ds = select_roles(ds, columns, score_range=source.score_range, label_map=source.label_map, source=where)
+    check_teacher_scores(ds, where)
     if source.max_rows is not None:
         ds = ds.select(range(min(source.max_rows, len(ds))))
     return ds

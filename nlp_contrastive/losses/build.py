@@ -16,6 +16,14 @@ from nlp_contrastive.sources import check_known_keys
 
 # A list of hard negatives serves wherever one negative is expected, and the other way round.
 _ROLE_ALTERNATIVES = {"negative": {"negative", "negatives"}, "negatives": {"negative", "negatives"}}
+# How to give a loss the role it misses, where that is not a column mapping.
+_ROLE_FIXES = {
+    "score": "add score: <column> to columns (a loss for unscored pairs such as info_nce fits this data)",
+    "teacher_scores": "add teacher_scores: [positive_score, negative_scores] to the source (the score columns "
+                      "`nlp-contrastive mine` writes; positive's first), or map teacher_scores: <list column>",
+    "teacher_embedding": "set the loss's teacher: <model folder or hub id> (its embeddings of the anchor texts are "
+                         "computed once and cached), or map teacher_embedding: <column of vectors>",
+}
 
 
 def build_loss(name: str, loss_kwargs: Mapping | None = None, *, cached: bool = False,
@@ -49,9 +57,8 @@ def check_loss_roles(loss: nn.Module, name: str, roles: Iterable[str], *, batch_
     available = roles | ({"negative"} if "negatives" in roles else set())
     for role in getattr(inner, "roles", ()):
         if not _ROLE_ALTERNATIVES.get(role, {role}) & available:
-            hint = " (a loss for unscored pairs such as info_nce fits this data)" if role == "score" else ""
-            raise ValueError(f"loss '{name}' needs a '{role}' column but train_data maps only {sorted(roles)}: "
-                             f"add {role}: <column> to columns{hint}")
+            fix = _ROLE_FIXES.get(role, f"add {role}: <column> to columns")
+            raise ValueError(f"loss '{name}' needs a '{role}' column but train_data maps only {sorted(roles)}: {fix}")
     if getattr(inner, "requires_in_batch_negatives", False) and batch_size < 2 and "negative" not in available:
         raise ValueError(f"loss '{name}' uses in-batch negatives, so per_device_train_batch_size must be >= 2 "
                          f"(got {batch_size}): raise it, or add hard negatives")
