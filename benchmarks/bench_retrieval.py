@@ -110,8 +110,10 @@ def child_train_st(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------ parent
-def run_child(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one child process, measured for that child alone (os.wait4)."""
+def run_child(command: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds) of one child process, for that child alone (os.wait4).
+
+    CPU seconds (user + system) are what to compare on a shared machine: wall time depends on the neighbours."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env)
@@ -120,7 +122,7 @@ def run_child(command: list[str]) -> tuple[float, float]:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"child failed ({process.returncode}): {' '.join(command)}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def sampled_folder(args, work: Path) -> str:
@@ -206,6 +208,8 @@ def main(argv=None) -> int:
     results = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                "mining_seconds": {"st": st_mine[0], "ours": our_mine[0]},
                "mining_peak_rss_mib": {"st": st_mine[1], "ours": our_mine[1]},
+               "mining_cpu_seconds": {"st": st_mine[2], "ours": our_mine[2]},
+               "load_average_at_end": os.getloadavg(),
                "mined_rows": {"st": count_rows(st_mined), "ours": count_rows(our_mined)}}
     if not args.skip_training:
         st_out, our_out = work / "st-model", work / "our-model"
@@ -222,6 +226,7 @@ def main(argv=None) -> int:
             "st": count_texts(st_mined) * args.epochs / st_train[0],
             "ours": count_texts(our_mined) * args.epochs / our_train[0]}
         results["training_seconds"] = {"st": st_train[0], "ours": our_train[0]}
+        results["training_cpu_seconds"] = {"st": st_train[2], "ours": our_train[2]}
         results["training_peak_rss_mib"] = {"st": st_train[1], "ours": our_train[1]}
         results["scifact_test_ndcg_at_10"] = {"base": scifact_test_ndcg(model_path(args)),
                                               "st": scifact_test_ndcg(str(st_out)),
@@ -234,17 +239,21 @@ def main(argv=None) -> int:
 
 def print_report(results: dict) -> None:
     seconds, rss = results["mining_seconds"], results["mining_peak_rss_mib"]
+    print(f"\nload average at the end: {results['load_average_at_end']} (shared machine: compare CPU seconds)")
     print(f"\nCPU capability: {results['cpu_capability']} (no native bf16 below AVX512_BF16/AMX: fp32 used), "
           f"torch threads {results['threads']}")
     print(f"mining   ST {seconds['st']:8.1f} s  peak {rss['st']:7.0f} MiB   rows {results['mined_rows']['st']}")
     print(f"mining ours {seconds['ours']:8.1f} s  peak {rss['ours']:7.0f} MiB   rows {results['mined_rows']['ours']}")
-    print(f"mining speed-up (ST s / ours s): {seconds['st'] / seconds['ours']:.2f}x; "
+    cpu = results["mining_cpu_seconds"]
+    print(f"mining speed-up (ST s / ours s): wall {seconds['st'] / seconds['ours']:.2f}x, CPU "
+          f"{cpu['st']:.0f} / {cpu['ours']:.0f} s = {cpu['st'] / cpu['ours']:.2f}x; "
           f"peak memory ours / ST: {rss['ours'] / rss['st']:.2f}")
     if "training_pairs_per_second" in results:
         pps, ndcg = results["training_pairs_per_second"], results["scifact_test_ndcg_at_10"]
         tps, secs = results["training_texts_per_second"], results["training_seconds"]
         print(f"training rows/s  ST {pps['st']:.2f}  ours {pps['ours']:.2f}   texts/s  ST {tps['st']:.2f}  "
-              f"ours {tps['ours']:.2f} ({tps['ours'] / tps['st']:.2f}x)   wall s  ST {secs['st']:.0f}  ours {secs['ours']:.0f}")
+              f"ours {tps['ours']:.2f} ({tps['ours'] / tps['st']:.2f}x)   wall s  ST {secs['st']:.0f}  ours {secs['ours']:.0f}"
+              f"   CPU s  ST {results['training_cpu_seconds']['st']:.0f}  ours {results['training_cpu_seconds']['ours']:.0f}")
         print(f"SciFact test nDCG@10  base {100 * ndcg['base']:.2f}  ST {100 * ndcg['st']:.2f}  "
               f"ours {100 * ndcg['ours']:.2f}")
 
