@@ -182,6 +182,68 @@ def test_disk_full_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous
     assert not list(out.glob(".staging-*")) and not (out / "checkpoint-4").exists()
 
 
+@pytest.mark.parametrize("fault", ["EROFS-at-rename", "EACCES-at-first-write"])
+def test_read_only_output_dir_while_saving_a_checkpoint_is_one_line_and_keeps_the_previous_one(
+        tiny_model_dir, tmp_path, trap, capsys, monkeypatch, fault):
+    """As root chmod stops nothing, so the folder turning read-only at checkpoint-4 is simulated where the files
+    are made: the staged checkpoint's rename into place (EROFS), or the model's first file in staging (EACCES)."""
+    import tempfile
+
+    from nlp_contrastive.cli import main as cli_main
+    from nlp_contrastive.modeling import Encoder
+
+    out = tmp_path / "o"
+    if fault == "EROFS-at-rename":
+        original, code_, target = os.replace, errno.EROFS, "os.replace"
+
+        def refuse(src, dst, *args, **kwargs):
+            if str(dst).endswith("checkpoint-4"):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(src), None, str(dst))
+            return original(src, dst, *args, **kwargs)
+    else:
+        original, code_, target = tempfile.mkdtemp, errno.EACCES, "tempfile.mkdtemp"
+
+        def refuse(*args, dir=None, **kwargs):
+            if dir is not None and "checkpoint-4" in str(dir):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+            return original(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(target, refuse)
+    args = overrides(tiny_model_dir, out, trap, "--loss", "cosine_similarity", "--save_steps", "2", "--max_steps", "6")
+    code = cli_main(["train", *args])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert os.strerror(code_) in errors[0] and str(out) in errors[0], errors[0]
+    assert "choose a writable output_dir" in errors[0], errors[0]
+    assert get_last_checkpoint(str(out)) == str(out / "checkpoint-2")
+    assert Encoder.from_pretrained(out / "checkpoint-2").dimension == 32  # intact and loadable
+    assert (out / "checkpoint-2" / "trainer_state.json").exists()
+    assert not list(out.glob(".staging-*")) and not (out / "checkpoint-4").exists()
+    assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("layout", ["parent-is-a-file", "output-dir-is-a-file"])
+def test_output_dir_that_cannot_be_made_fails_before_the_model_loads(tiny_model_dir, tmp_path, trap, capsys,
+                                                                     monkeypatch, layout):
+    from nlp_contrastive.cli import main as cli_main
+    from nlp_contrastive.modeling import Encoder
+
+    (tmp_path / "f").write_text("a file")
+    out = tmp_path / "f" / "run" if layout == "parent-is-a-file" else tmp_path / "f"
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output_dir check")
+
+    monkeypatch.setattr(Encoder, "from_pretrained", must_not_load)
+    code = cli_main(["train", *overrides(tiny_model_dir, out, trap, "--loss", "cosine_similarity")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    expect = "'.*f' is a file: make it a writable folder" if layout == "parent-is-a-file" else "is a file, not a folder"
+    assert __import__("re").search(f"output_dir '{out}'.*{expect}.*choose another output_dir", errors[0]), errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "pairs.jsonl", "tiny-model"]  # nothing new
+
+
 @pytest.mark.slow
 def test_sigterm_to_an_accelerate_launch_of_two_processes_saves_one_checkpoint_and_resumes_exactly(tmp_path,
                                                                                                    data_dir):

@@ -108,6 +108,9 @@ CASES: dict[str, list[Case]] = {
         train("--loss", "triplet", "--loss_kwargs", "{margin: -0.5}", expect="margin must be >= 0", id="margin"),
         train("--loss_kwargs", "[1, 2]", expect=r"loss_kwargs' must be dict", id="kwargs-list"),
         train("--nan_policy", "ignore", expect=r"nan_policy must be one of stop, skip", id="nan-policy"),
+        train("--output_dir", "$dir/f/run", files={"f": "a file"},
+              expect=r"output_dir '.*f/run' cannot be written: '.*f' is a file.*choose another output_dir",
+              id="output-dir-under-a-file"),
     ],
     "score_range": [
         data("d.jsonl", ROW * 4, extra=", score_range: [5, 0]", expect=r"score_range must be \[low, high\] with high > low",
