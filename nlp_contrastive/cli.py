@@ -79,7 +79,8 @@ def check_writable(path: str | None, flag: str, *, folder: bool) -> None:
         return
     target = Path(path)
     if target.exists() and target.is_dir() != folder:
-        raise ValueError(f"cannot write {flag} '{path}': it exists and is a {'file' if folder else 'folder'}")
+        raise ValueError(f"cannot write {flag} '{path}': it exists and is a {'file' if folder else 'folder'}: choose "
+                         f"{'a folder' if folder else 'a file'} path")
     parent = target.parent
     while not parent.exists():
         parent = parent.parent
@@ -150,6 +151,7 @@ def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
                                       "file (query, positive columns; the corpus is its distinct positives)")
     add("--split", default="train", help="qrels split (BEIR) or split label of the pairs file (default: train)")
     add("--output", required=True, help="where to write the mined rows (.jsonl, or .parquet)")
+    add("--overwrite", action="store_true", help="replace --output when it exists (default: refuse)")
     add("--output-format", choices=OUTPUT_FORMATS, default="negatives",
         help="negatives: one row per (query, positive) with a negatives list and scores; triplets: one row per "
              "(query, positive, negative)")
@@ -195,6 +197,9 @@ def run_mine(args: argparse.Namespace) -> int:
             use_faiss={"auto": None, "true": True, "false": False}[args.use_faiss])
         if not Path(args.data).exists():
             raise FileNotFoundError(f"--data '{args.data}' does not exist: give a BEIR folder or a pairs file")
+        check_writable(args.output, "--output", folder=False)
+        if Path(args.output).exists() and not args.overwrite:
+            raise ValueError(f"--output '{args.output}' exists: pass --overwrite to replace it, or choose another path")
         data = load_positives(args.data, args.split, query_column=args.query_column,
                               positive_column=args.positive_column)
         encoder = _load_encoder(args.model, args.device)
@@ -204,7 +209,11 @@ def run_mine(args: argparse.Namespace) -> int:
         rows = mined_rows(mined, args.output_format)
         if not rows:
             raise ValueError("no query kept any negative: loosen the margins / score filters or widen the range")
-        write_rows(args.output, rows)
+        try:
+            write_rows(args.output, rows)
+        except OSError as exc:
+            raise OSError(f"could not write --output '{args.output}': {exc.strerror or exc}: free space or make "
+                          f"'{Path(args.output).parent}' writable, or choose another path") from exc
     except (ValueError, FileNotFoundError, ImportError, OSError) as exc:
         print(f"nlp-contrastive mine: error: {exc}", file=sys.stderr)
         return 2

@@ -267,8 +267,20 @@ def check_lora(cfg: ModelConfig) -> None:
 
 
 def check_output_dir(args: TrainingArguments) -> None:
-    """Refuse to mix a new run into a used folder unless asked (resuming from it is fine)."""
+    """Refuse to mix a new run into a used folder unless asked (resuming from it is fine), and an output_dir that
+    could not be created or written, before the model loads (os.access alone says yes to root: check the layout)."""
+    import os
+
     out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir '{out}' is a file, not a folder: choose another output_dir")
+    ancestor = out
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"output_dir '{out}' cannot be written: '{ancestor}' is "
+                         f"{'a file' if not ancestor.is_dir() else 'not writable'}: make it a writable folder or "
+                         "choose another output_dir")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
         raise ValueError(f"output_dir '{out}' exists and is not empty: set overwrite_output_dir: true, "
                          "choose another output_dir, or resume with --resume_from_checkpoint true")

@@ -128,7 +128,14 @@ def load_positives(data: str | Path, split: str = "train", *, query_column: str 
         return beir_positives(str(data), split)
     from nlp_contrastive.data import load_split
 
-    rows = load_split(str(data), split)
+    try:
+        rows = load_split(str(data), split)
+    except FileNotFoundError:
+        if not Path(data).is_dir():
+            raise
+        raise FileNotFoundError(f"--data folder '{data}' is not a BEIR folder (no corpus.jsonl) and has no pairs file "
+                                f"{split}.jsonl/.csv/.parquet: give corpus.jsonl, queries.jsonl and qrels/{split}.tsv, "
+                                "or a pairs file") from None
     missing = [c for c in (query_column, positive_column) if c not in rows.column_names]
     if missing:
         raise ValueError(f"{data}: no column(s) {missing} (columns: {', '.join(rows.column_names)}): set "
@@ -190,6 +197,9 @@ def check_positives(data: RetrievalPositives, where: str) -> RetrievalPositives:
     for d, text in data.corpus.items():
         if not isinstance(text, str):
             raise ValueError(f"{where}: document {d!r} has no text: fix corpus.jsonl")
+        if not text.strip():  # it would be mined as a negative that training then rejects
+            raise ValueError(f"{where}: document {d!r} has an empty text (and title): give it a text or drop it from "
+                             "corpus.jsonl")
     return RetrievalPositives({q: data.queries[q] for q in positives}, data.corpus, positives)
 
 

@@ -82,10 +82,12 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     with _tidy_on_failure(Path(args.output_dir), created=not output_dir_existed, main_process=args.should_save):
         train_output = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(args))
     if trainer.signal_stop.received is not None:
+        _leave_process_group(trainer)
         return _report_interrupted(trainer)
     if recipe.model.lora_merge:  # adapters folded into the weights: the output is a plain model folder
         encoder.merge_lora()
     trainer.save_model(args.output_dir)  # every rank: FSDP / DeepSpeed gather the full weights collectively
+    _leave_process_group(trainer)  # the last collective: what follows runs on rank 0 alone
     if not trainer.is_world_process_zero():
         return 0
     output_dir = Path(args.output_dir)
@@ -117,6 +119,19 @@ def _tidy_on_failure(output_dir: Path, *, created: bool, main_process: bool) -> 
             if created and get_last_checkpoint(str(output_dir)) is None:
                 shutil.rmtree(output_dir, ignore_errors=True)
         raise
+
+
+def _leave_process_group(trainer) -> None:
+    """Every rank waits for the others, then destroys the process group: one left to interpreter exit can abort a
+    rank after a complete run (gloo: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # finishes trackers; destroys the group on recent accelerate
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _report_interrupted(trainer) -> int:

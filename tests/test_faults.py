@@ -1,5 +1,5 @@
-"""Faults during training, through the trainer and the CLI: a NaN loss (stop or skip), SIGTERM mid-epoch and
-resume, a full disk while writing a checkpoint."""
+"""Faults during long work, through the trainer and the CLI: a NaN loss (stop or skip), SIGTERM mid-epoch and
+resume, a full disk or read-only folder while writing a checkpoint, mining and eval killed mid-way."""
 
 from __future__ import annotations
 
@@ -182,6 +182,68 @@ def test_disk_full_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous
     assert not list(out.glob(".staging-*")) and not (out / "checkpoint-4").exists()
 
 
+@pytest.mark.parametrize("fault", ["EROFS-at-rename", "EACCES-at-first-write"])
+def test_read_only_output_dir_while_saving_a_checkpoint_is_one_line_and_keeps_the_previous_one(
+        tiny_model_dir, tmp_path, trap, capsys, monkeypatch, fault):
+    """As root chmod stops nothing, so the folder turning read-only at checkpoint-4 is simulated where the files
+    are made: the staged checkpoint's rename into place (EROFS), or the model's first file in staging (EACCES)."""
+    import tempfile
+
+    from nlp_contrastive.cli import main as cli_main
+    from nlp_contrastive.modeling import Encoder
+
+    out = tmp_path / "o"
+    if fault == "EROFS-at-rename":
+        original, code_, target = os.replace, errno.EROFS, "os.replace"
+
+        def refuse(src, dst, *args, **kwargs):
+            if str(dst).endswith("checkpoint-4"):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(src), None, str(dst))
+            return original(src, dst, *args, **kwargs)
+    else:
+        original, code_, target = tempfile.mkdtemp, errno.EACCES, "tempfile.mkdtemp"
+
+        def refuse(*args, dir=None, **kwargs):
+            if dir is not None and "checkpoint-4" in str(dir):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+            return original(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(target, refuse)
+    args = overrides(tiny_model_dir, out, trap, "--loss", "cosine_similarity", "--save_steps", "2", "--max_steps", "6")
+    code = cli_main(["train", *args])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert os.strerror(code_) in errors[0] and str(out) in errors[0], errors[0]
+    assert "choose a writable output_dir" in errors[0], errors[0]
+    assert get_last_checkpoint(str(out)) == str(out / "checkpoint-2")
+    assert Encoder.from_pretrained(out / "checkpoint-2").dimension == 32  # intact and loadable
+    assert (out / "checkpoint-2" / "trainer_state.json").exists()
+    assert not list(out.glob(".staging-*")) and not (out / "checkpoint-4").exists()
+    assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("layout", ["parent-is-a-file", "output-dir-is-a-file"])
+def test_output_dir_that_cannot_be_made_fails_before_the_model_loads(tiny_model_dir, tmp_path, trap, capsys,
+                                                                     monkeypatch, layout):
+    from nlp_contrastive.cli import main as cli_main
+    from nlp_contrastive.modeling import Encoder
+
+    (tmp_path / "f").write_text("a file")
+    out = tmp_path / "f" / "run" if layout == "parent-is-a-file" else tmp_path / "f"
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output_dir check")
+
+    monkeypatch.setattr(Encoder, "from_pretrained", must_not_load)
+    code = cli_main(["train", *overrides(tiny_model_dir, out, trap, "--loss", "cosine_similarity")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    expect = "'.*f' is a file: make it a writable folder" if layout == "parent-is-a-file" else "is a file, not a folder"
+    assert __import__("re").search(f"output_dir '{out}'.*{expect}.*choose another output_dir", errors[0]), errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "pairs.jsonl", "tiny-model"]  # nothing new
+
+
 @pytest.mark.slow
 def test_sigterm_to_an_accelerate_launch_of_two_processes_saves_one_checkpoint_and_resumes_exactly(tmp_path,
                                                                                                    data_dir):
@@ -214,3 +276,106 @@ def test_sigterm_to_an_accelerate_launch_of_two_processes_saves_one_checkpoint_a
     expected, resumed = load_file(tmp_path / "straight" / "model.safetensors"), load_file(killed / "model.safetensors")
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------------------------ interrupted mine / eval
+def kill_when(proc: subprocess.Popen, pattern: str, sig: signal.Signals) -> str:
+    """Send `sig` once stderr matches `pattern` (tqdm redraws with \\r, so stderr is read in chunks, not lines);
+    returns all of stderr. The process is never left running."""
+    import re
+    import threading
+
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read(256), "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not re.search(pattern, "".join(chunks)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be interrupted:\n" + "".join(chunks)[-2000:]
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    return "".join(chunks)
+
+
+def _big_beir(root: Path, documents: int = 15000, queries: int = 200) -> Path:
+    """Enough documents that the tiny model mines for ~4 s (about 3600 documents/s on one core)."""
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": f"d{i}", "text": f"document {i} about topic {i % 37} and word {i * 7 % 101}"}) + "\n"
+        for i in range(documents)))
+    (root / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": f"q{i}", "text": f"question {i} on topic {i % 37}"}) + "\n" for i in range(queries)))
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td{i * 13 % documents}\t1\n" for i in range(queries)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def mining_world(tmp_path_factory):
+    """A tiny model, a 15k-document BEIR folder and the output of one uninterrupted in-process run (the reference)."""
+    from nlp_contrastive.cli import main as cli_main
+
+    root = tmp_path_factory.mktemp("mining")
+    model = root / "model"
+    make_tiny_encoder().save_pretrained(model)
+    folder = _big_beir(root / "beir")
+    args = ["mine", "--model", str(model), "--data", str(folder), "--corpus-chunk-size", "500", "--range-max", "20",
+            "--sampling", "random", "--seed", "7", "--faiss", "false"]
+    reference = root / "reference.jsonl"
+    assert cli_main([*args, "--output", str(reference)]) == 0
+    return args, reference
+
+
+@pytest.mark.slow  # two interpreter starts' worth of imports plus ~8 s of mining: 15-25 s on 2 busy cores
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_interrupted_mining_leaves_no_output_and_the_rerun_gives_the_uninterrupted_file(mining_world, tmp_path, sig):
+    from nlp_contrastive.cli import main as cli_main
+
+    args, reference = mining_world
+    out = tmp_path / "mined" / "train.jsonl"
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "nlp_contrastive.cli", *args, "--output", str(out)], env=env,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = kill_when(proc, r"Mining: corpus:\s+\d+%\|[^|]*\| [1-9]\d*/15000", sig)
+    assert proc.returncode == -sig, err[-2000:]
+    assert "wrote" not in err, "the run finished before the signal"
+    assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir())), "partial output left"
+    assert cli_main([*args, "--output", str(out)]) == 0  # the rerun starts over: nothing stands in its way
+    assert out.read_bytes() == reference.read_bytes()
+    assert len(out.read_text().splitlines()) == 200
+    assert list(out.parent.iterdir()) == [out], "a temp file was left next to the output"
+
+
+def test_stale_temp_file_of_a_killed_write_does_not_stop_the_rerun(mining_world, tmp_path):
+    """A kill inside the final write leaves `.NAME.PID-HEX.tmp` (unique per run): the rerun writes its own."""
+    from nlp_contrastive.cli import main as cli_main
+
+    args, reference = mining_world
+    out = tmp_path / "train.jsonl"
+    stale = tmp_path / ".train.jsonl.999999-deadbeef.tmp"
+    stale.write_text('{"query_id": "q0", "query": "half a ro')
+    assert cli_main([*args, "--output", str(out)]) == 0
+    assert out.read_bytes() == reference.read_bytes()
+
+
+@pytest.mark.slow  # an interpreter start plus a few seconds of encoding
+def test_interrupted_eval_leaves_no_results_file(tmp_path, tiny_model_dir):
+    """`eval --output` writes its results once, at the end, through a temp file: a kill mid-way leaves nothing."""
+    sts = tmp_path / "big-sts.jsonl"
+    sts.write_text("".join(json.dumps({"sentence1": f"a cat number {i} on mat {i % 13}",
+                                       "sentence2": f"a dog number {i * 7 % 5000}", "score": i % 6}) + "\n"
+                           for i in range(8000)))
+    out = tmp_path / "results" / "eval.json"
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "nlp_contrastive.cli", "eval", "--model", str(tiny_model_dir),
+                             "--sts", str(sts), "--output", str(out), "--device", "cpu"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = kill_when(proc, r"evaluating .* on 1 task", signal.SIGTERM)
+    assert proc.returncode == -signal.SIGTERM, err[-2000:]
+    assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir())), "partial results left"

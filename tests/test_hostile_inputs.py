@@ -60,6 +60,12 @@ def beir(corpus: str, queries: str = '{"_id": "q1", "text": "a question"}\n',
             "s.yaml": retrieval_suite()}
 
 
+def mine(*extra: str, files: dict | None = None, data: str = "$dir/beir", expect: str, id: str) -> Case:
+    """`mine` of the BEIR folder written by beir() (split test) into $out/mined.jsonl."""
+    return Case(id, ("mine", "--model", "$model", "--data", data, "--split", "test", "--output", "$out/mined.jsonl",
+                     *extra), expect, files if files is not None else beir(GOOD_CORPUS))
+
+
 GOOD_CORPUS = '{"_id": "d1", "text": "an answer"}\n{"_id": "d2", "text": "another"}\n'
 ROW = '{"sentence1": "a cat", "sentence2": "a dog", "score": 3.0}\n'
 WHOLE = ("model_name_or_path: $model\ntrain_data: [{dataset: $pairs, columns: {anchor: sentence1, positive: sentence2,"
@@ -102,6 +108,9 @@ CASES: dict[str, list[Case]] = {
         train("--loss", "triplet", "--loss_kwargs", "{margin: -0.5}", expect="margin must be >= 0", id="margin"),
         train("--loss_kwargs", "[1, 2]", expect=r"loss_kwargs' must be dict", id="kwargs-list"),
         train("--nan_policy", "ignore", expect=r"nan_policy must be one of stop, skip", id="nan-policy"),
+        train("--output_dir", "$dir/f/run", files={"f": "a file"},
+              expect=r"output_dir '.*f/run' cannot be written: '.*f' is a file.*choose another output_dir",
+              id="output-dir-under-a-file"),
     ],
     "score_range": [
         data("d.jsonl", ROW * 4, extra=", score_range: [5, 0]", expect=r"score_range must be \[low, high\] with high > low",
@@ -251,6 +260,47 @@ CASES: dict[str, list[Case]] = {
            id="plot-unwritable"),
         ev("--sts", "$pairs", "--batch-size", "0", expect="--batch-size must be >= 1", id="batch-size"),
     ],
+    "mine data": [
+        mine(data="$dir/nope", files={}, expect=r"--data '.*nope' does not exist: give a BEIR folder", id="missing"),
+        mine(files={"beir/queries.jsonl": '{"_id": "q1", "text": "a"}\n', "beir/qrels/test.tsv": "q1\td1\t1\n"},
+             expect=r"is not a BEIR folder \(no corpus.jsonl\) and has no pairs file test.jsonl", id="not-beir"),
+        mine("--split", "dev", expect=r"has no qrels/dev.tsv", id="unknown-split"),
+        mine(files=beir(GOOD_CORPUS, qrels="q1\td9\t1\n"),
+             expect=r"qrels name 1 document id\(s\) that are not in the corpus \(e.g. 'd9'\)", id="qrels-unknown-doc"),
+        mine(files=beir(GOOD_CORPUS, qrels="q7\td1\t1\n"),
+             expect=r"qrels name 1 query id\(s\) that are not in the queries \(e.g. 'q7'\)", id="qrels-unknown-query"),
+        mine(files=beir('{"_id": "d1", "title": "t"}\n'), expect=r"no 'text' field", id="corpus-without-text"),
+        mine(files=beir('{"_id": "d1", "text": null}\n' + GOOD_CORPUS.replace("d1", "d3")),
+             expect=r"document 'd1' has no text", id="corpus-null-text"),
+        mine(files=beir(GOOD_CORPUS + '{"_id": "d3", "title": "", "text": " "}\n'),
+             expect=r"document 'd3' has an empty text", id="corpus-empty-text"),
+        mine(files=beir(GOOD_CORPUS + '{"_id": "d1", "text": "dup"}\n'),
+             expect=r"corpus.jsonl: line 3: duplicate _id 'd1'", id="duplicate-doc"),
+        mine(files=beir(GOOD_CORPUS, queries='{"_id": "q1", "text": "a"}\n' * 2),
+             expect=r"queries.jsonl: line 2: duplicate _id 'q1'", id="duplicate-query"),
+        mine(data="$dir/p.jsonl", files={"p.jsonl": ROW * 2}, expect=r"no column\(s\) \['query', 'positive'\]",
+             id="pairs-columns"),
+    ],
+    "mine options": [
+        mine("--num-negatives", "9", "--range-max", "5",
+             expect=r"num_negatives=9 exceeds the rank range \[0, 5\).*raise --range-max", id="num-negatives"),
+        mine("--range-min", "5", "--range-max", "5", expect=r"0 <= range_min < range_max", id="range-empty"),
+        mine("--range-min", "8", "--range-max", "5", expect=r"0 <= range_min < range_max", id="range-inverted"),
+        mine("--absolute-margin", "-0.1", expect=r"absolute_margin must be >= 0", id="absolute-margin"),
+        mine("--relative-margin", "-0.05", expect=r"relative_margin must be >= 0", id="relative-margin"),
+        mine("--num-negatives", "0", expect=r"num_negatives must be >= 1", id="num-negatives-0"),
+        mine("--batch-size", "0", expect=r"batch_size and corpus_chunk_size must be >= 1", id="batch-size"),
+    ],
+    "mine output": [
+        Case("parent-is-file", ("mine", "--model", "$model", "--data", "$dir/beir", "--split", "test", "--output",
+                                "$dir/f/mined.jsonl"), r"cannot write --output '.*f/mined.jsonl': '.*f' is not a writable",
+             {**beir(GOOD_CORPUS), "f": "a file"}),
+        Case("is-a-folder", ("mine", "--model", "$model", "--data", "$dir/beir", "--split", "test", "--output", "$dir/o"),
+             r"cannot write --output '.*o': it exists and is a folder: choose a file path",
+             {**beir(GOOD_CORPUS), "o/keep.txt": "x"}),
+        mine(files={**beir(GOOD_CORPUS), "out/mined.jsonl": "earlier run\n"},
+             expect=r"--output '.*mined.jsonl' exists: pass --overwrite", id="exists"),
+    ],
     "push input": [
         Case("not-a-directory", ("push", "$dir/nope", "--repo-id", "me/m", "--dry-run"), "is not a directory"),
         Case("not-trained-output", ("push", "$dir/o", "--repo-id", "me/m", "--dry-run"),
@@ -307,8 +357,10 @@ def materialize(case: Case, world: dict[str, str], folder: Path) -> list[str]:
     return [Template(arg).safe_substitute(values) for arg in case.argv]
 
 
-def snapshot(*folders: str | Path) -> set[str]:
-    return {str(p) for folder in folders if Path(folder).exists() for p in Path(folder).rglob("*")}
+def snapshot(*folders: str | Path) -> dict[str, tuple[int, int]]:
+    """Every path with its size and mtime: a new, removed or rewritten file changes it."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for folder in folders if Path(folder).exists()
+            for p in Path(folder).rglob("*")}
 
 
 def check_outcome(code: int, err: str, case: Case) -> None:
@@ -368,7 +420,7 @@ def subprocess_runs(world, tmp_path_factory):
         yield {cls: pool.submit(run, cases[0]) for cls, cases in CASES.items()}
 
 
-@pytest.mark.slow  # ~7 s of CPU per interpreter start (torch, transformers, scipy): 18 of them
+@pytest.mark.slow  # ~7 s of CPU per interpreter start (torch, transformers, scipy): 21 of them
 @pytest.mark.parametrize("cls", list(CASES))
 def test_bad_input_as_subprocess(cls, world, subprocess_runs):
     proc, folder, before = subprocess_runs[cls].result()

@@ -80,6 +80,7 @@ def ddp_reference(tiny_dir, tmp_path_factory, initial, data_dir):
     out = tmp_path_factory.mktemp("ddp") / "run"
     proc = launch(DDP, tiny_dir, out, "--cached", "false")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr, proc.stderr[-3000:]
     reference = update(out, initial)
     assert reference.norm() > 1e-2, "training did not move the weights"
     return reference
@@ -88,6 +89,7 @@ def ddp_reference(tiny_dir, tmp_path_factory, initial, data_dir):
 def test_gradcache_ddp_gradient_accumulation_equals_uncached(tiny_dir, tmp_path, initial, ddp_reference):
     proc = launch(DDP, tiny_dir, tmp_path / "cached", "--cached", "true")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr, "a rank aborted at exit: was the process group destroyed?"
     assert_same_update(tmp_path / "cached", ddp_reference, initial)
 
 
