@@ -57,7 +57,7 @@ bench-memory: install
 # (the recipe's final eval; MTEB's definitions). See recipes/scifact-hardneg.yaml for the settings.
 scifact: install
 	$(BIN)/nlp-contrastive mine --data $(NLPC_DATA_DIR)/scifact --split train --output outputs/scifact-mined/train.jsonl \
-		--num-negatives 1 --range-max 30 --relative-margin 0.05 --sampling top
+		--num-negatives 1 --range-max 30 --relative-margin 0.05 --sampling top --overwrite
 	$(BIN)/nlp-contrastive train recipes/scifact-hardneg.yaml --overwrite_output_dir true
 
 bench-retrieval: install

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import shutil
 import signal
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # disk full, read-only folder, ... while writing checkpoints or outputs
         where = f" '{exc.filename}'" if exc.filename else ""
-        print(f"error: could not write{where}: {exc.strerror or exc}: free space or choose a writable output_dir; "
+        fix = "free disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+        print(f"error: could not write{where}: {exc.strerror or exc}: {fix} or choose another output_dir; "
               "checkpoints written before are complete (resume with --resume_from_checkpoint true)", file=sys.stderr)
         return 2
 

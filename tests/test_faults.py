@@ -176,6 +176,7 @@ def test_disk_full_while_writing_a_checkpoint_is_one_line_and_keeps_the_previous
     errors = [line for line in err.splitlines() if "error:" in line]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert "No space left on device" in errors[0] and "checkpoint-4" in errors[0], errors[0]
+    assert "free disk space or choose another output_dir" in errors[0], errors[0]
     assert get_last_checkpoint(str(out)) == str(out / "checkpoint-2")
     assert (out / "checkpoint-2" / "trainer_state.json").exists()
     assert load_file(out / "checkpoint-2" / "model.safetensors")
@@ -214,7 +215,7 @@ def test_read_only_output_dir_while_saving_a_checkpoint_is_one_line_and_keeps_th
     errors = [line for line in err.splitlines() if "error:" in line]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert os.strerror(code_) in errors[0] and str(out) in errors[0], errors[0]
-    assert "choose a writable output_dir" in errors[0], errors[0]
+    assert "make it writable or choose another output_dir" in errors[0], errors[0]
     assert get_last_checkpoint(str(out)) == str(out / "checkpoint-2")
     assert Encoder.from_pretrained(out / "checkpoint-2").dimension == 32  # intact and loadable
     assert (out / "checkpoint-2" / "trainer_state.json").exists()
