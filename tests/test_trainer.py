@@ -153,6 +153,10 @@ def test_every_recipe_runs_on_a_tiny_model(recipe, tiny_model_dir, tmp_path, dat
     run = json.loads((tmp_path / "o" / "training_run.json").read_text())
     step_losses = [e["loss"] for e in run["log_history"] if "loss" in e]
     assert len(step_losses) == 2 and all(math.isfinite(x) for x in step_losses), step_losses
+    if "lora" in recipe:  # the output is a peft adapter; LoRA's B matrices start at 0, so non-zero = trained
+        adapter = load_file(tmp_path / "o" / "adapter_model.safetensors")
+        assert any(float(t.abs().sum()) > 0 for n, t in adapter.items() if "lora_B" in n), "the adapter did not train"
+        return
     trained = load_file(tmp_path / "o" / "model.safetensors")
     initial = load_file(tiny_model_dir / "model.safetensors")
     assert any(not torch.equal(trained[k], initial[k]) for k in initial), "2 optimizer steps left the weights as they were"
