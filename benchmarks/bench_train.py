@@ -84,7 +84,8 @@ def run_sentence_transformers(kind: str, output_dir: str, max_rows: int | None, 
     return {"rows": len(ds), "seconds": seconds, "model": os.path.join(output_dir, "final")}
 
 
-def run_ours(kind: str, output_dir: str, max_rows: int | None, bf16: bool = False) -> dict:
+def run_ours(kind: str, output_dir: str, max_rows: int | None, bf16: bool = False,
+             extra: list[str] | None = None) -> dict:
     from nlp_contrastive.train import train
 
     overrides = ["--bf16", "true" if bf16 else "false"]  # plain row = fp32 like ST's; +bf16 row = recipe as shipped
@@ -94,6 +95,7 @@ def run_ours(kind: str, output_dir: str, max_rows: int | None, bf16: bool = Fals
                   "--report_to", "none"]
     if max_rows:
         overrides += ["--max_train_rows", str(max_rows)]
+    overrides += extra or []
     start = time.perf_counter()
     train(str(RECIPES[kind]), overrides)
     seconds = time.perf_counter() - start
@@ -103,12 +105,17 @@ def run_ours(kind: str, output_dir: str, max_rows: int | None, bf16: bool = Fals
             "tokenize_seconds": tokenize, "model": output_dir}
 
 
-def worker(trainer: str, kind: str, output_dir: str, max_rows: int | None) -> None:
+def worker(trainer: str, kind: str, output_dir: str, max_rows: int | None, extra: list[str],
+           quality: bool = True) -> None:
     if trainer in ("st", "st-bf16"):
         result = run_sentence_transformers(kind, output_dir, max_rows, bf16=trainer == "st-bf16")
     else:
-        result = run_ours(kind, output_dir, max_rows, bf16=trainer == "ours-bf16")
+        result = run_ours(kind, output_dir, max_rows, bf16=trainer == "ours-bf16", extra=extra)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["stsb_test_spearman"] = float("nan")
+    if not quality:
+        print("RESULT " + json.dumps(result), flush=True)
+        return
     from nlp_contrastive.evaluation.suite import load_suite
     from nlp_contrastive.modeling import Encoder
 
@@ -117,10 +124,25 @@ def worker(trainer: str, kind: str, output_dir: str, max_rows: int | None) -> No
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_in_subprocess(trainer: str, kind: str, output_dir: str, max_rows: int | None) -> dict:
+def overrides_from(items: list[str]) -> list[str]:
+    """`KEY=VALUE` items -> the `--KEY VALUE` overrides train() takes."""
+    overrides = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"error: --set {item!r}: write KEY=VALUE, e.g. --set single_forward=false")
+        overrides += [f"--{key}", value]
+    return overrides
+
+
+def run_in_subprocess(trainer: str, kind: str, output_dir: str, max_rows: int | None,
+                      extra: list[str] | None = None, quality: bool = True) -> dict:
     cmd = [sys.executable, __file__, "--worker", trainer, "--only", kind, "--output", output_dir]
+    if not quality:
+        cmd.append("--no-quality")
     if max_rows:
         cmd += ["--max-rows", str(max_rows)]
+    cmd += [f"--set={item}" for item in extra or []]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -133,13 +155,17 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(RECIPES), action="append")
     parser.add_argument("--max-rows", type=int, default=None, help="train on the first N rows (quick check)")
     parser.add_argument("--bf16", action="store_true", help="also compare both trainers with bf16 autocast (fp32 master weights)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for our trainer only (e.g. single_forward=false), to measure a lever")
+    parser.add_argument("--no-quality", action="store_true", help="skip the STS-B test scoring (throughput only)")
     parser.add_argument("--worker", choices=["st", "st-bf16", "ours", "ours-bf16"], help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("NLPC_DATA_DIR", str(REPO.parent / "shared" / "data"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker:
-        worker(args.worker, args.only[0], args.output, args.max_rows)
+        worker(args.worker, args.only[0], args.output, args.max_rows, overrides_from(args.set),
+               quality=not args.no_quality)
         return
     from nlp_contrastive.precision import resolve_bf16
 
@@ -151,8 +177,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for kind in args.only or sorted(RECIPES):
-            st = run_in_subprocess("st", kind, os.path.join(tmp, f"st-{kind}"), args.max_rows)
-            ours = run_in_subprocess("ours", kind, os.path.join(tmp, f"ours-{kind}"), args.max_rows)
+            st = run_in_subprocess("st", kind, os.path.join(tmp, f"st-{kind}"), args.max_rows,
+                                   quality=not args.no_quality)
+            ours = run_in_subprocess("ours", kind, os.path.join(tmp, f"ours-{kind}"), args.max_rows, args.set,
+                                     quality=not args.no_quality)
             rows.append((kind, st, ours))
             if args.bf16:
                 st_bf16 = run_in_subprocess("st-bf16", kind, os.path.join(tmp, f"stbf-{kind}"), args.max_rows)
