@@ -70,7 +70,7 @@ class DataConfig:
     # {role: prompt} prepended to every source's texts (a source's own `prompts` win), e.g. {anchor: "query: ",
     # positive: "passage: "}; saved with the model (anchor's as "query", positive's as "document").
     prompts: dict = field(default_factory=dict)
-    batch_sampler: str = "random"  # random | no_duplicates | group_by_length (inside each source, with the next)
+    batch_sampler: str = "random"  # random | no_duplicates | group_by_length | no_duplicates_by_length (per source)
     # Several sources: null mixes their rows (as one dataset); proportional | round_robin | weighted | temperature
     # makes every batch come from one source (nlp_contrastive.multi_dataset.MultiDatasetBatchSampler).
     multi_dataset_sampling: str | None = None
@@ -92,9 +92,9 @@ class LossConfig:
     cached: bool = False  # GradCache: any batch size in bounded memory, same gradients
     cache_mini_batch_size: int = 32
     cache_max_tokens: int | None = None
-    # auto: one forward pass over all text columns of a batch unless padding them to one length costs > 10% more
-    # tokens than one pass per column (Batch.one_forward_is_cheaper); true / false force one choice.
-    single_forward: str = "auto"
+    # true: one forward pass over all text columns of a batch, padded to one length; false: one per column; auto:
+    # one pass unless padding to one length costs > 10% more tokens than one per column (one_forward_is_cheaper).
+    single_forward: str = "true"
 
     def __post_init__(self) -> None:
         if self.single_forward not in SINGLE_FORWARD_CHOICES:

@@ -160,7 +160,7 @@ class ContrastiveTrainer(Trainer):
 
     def __init__(self, model: Encoder, args: TrainingArguments, loss: nn.Module, *, train_dataset,
                  evaluator: Callable[[Encoder], dict[str, float]] | None = None, batch_sampler_factory=None,
-                 single_forward: bool | str | None = None, **kwargs) -> None:
+                 single_forward: bool | str | None = True, **kwargs) -> None:
         self.loss = loss
         self.evaluator = evaluator
         # True / False, or None = chosen per batch from the lengths (a recipe's "auto" | "true" | "false")
