@@ -71,7 +71,7 @@ class DataConfig:
     # {role: prompt} prepended to every source's texts (a source's own `prompts` win), e.g. {anchor: "query: ",
     # positive: "passage: "}; saved with the model (anchor's as "query", positive's as "document").
     prompts: dict = field(default_factory=dict)
-    batch_sampler: str = "random"  # random | no_duplicates | group_by_length (inside each source, with the next)
+    batch_sampler: str = "random"  # random | no_duplicates | group_by_length | no_duplicates_by_length (per source)
     # Several sources: null mixes their rows (as one dataset); proportional | round_robin | weighted | temperature
     # makes every batch come from one source (nlp_contrastive.multi_dataset.MultiDatasetBatchSampler).
     multi_dataset_sampling: str | None = None
@@ -79,6 +79,9 @@ class DataConfig:
     sampling_temperature: float = 1.0  # temperature: source s drawn with probability ∝ rows_s ** (1 / T)
     max_train_rows: int | None = None
     tokenize_num_proc: int | None = None
+
+
+SINGLE_FORWARD_CHOICES = ("auto", "true", "false")
 
 
 @dataclass
@@ -90,10 +93,17 @@ class LossConfig:
     cached: bool = False  # GradCache: any batch size in bounded memory, same gradients
     cache_mini_batch_size: int = 32
     cache_max_tokens: int | None = None
-    single_forward: bool = True  # embed all text columns of a batch in one forward pass
+    # true: one forward pass over all text columns of a batch, padded to one length; false: one per column; auto:
+    # one pass unless padding to one length costs > 10% more tokens than one per column (one_forward_is_cheaper).
+    single_forward: str = "true"
     # mse_distillation: the model whose embeddings of the anchor texts are the targets; computed once before
     # training and cached with the dataset (nlp_contrastive.teacher).
     teacher: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.single_forward not in SINGLE_FORWARD_CHOICES:
+            raise ValueError(f"single_forward must be one of {', '.join(SINGLE_FORWARD_CHOICES)}, "
+                             f"got {self.single_forward!r}")
 
 
 @dataclass

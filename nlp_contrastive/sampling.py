@@ -32,7 +32,7 @@ from nlp_contrastive.batch import EMBEDDED_ROLES, LIST_ROLES, TEXT_ROLES, token_
 
 logger = logging.getLogger(__name__)
 
-BATCH_SAMPLERS = ("random", "no_duplicates", "group_by_length")
+BATCH_SAMPLERS = ("random", "no_duplicates", "group_by_length", "no_duplicates_by_length")
 
 
 class _EpochBatchSampler(Sampler[list[int]]):
@@ -154,12 +154,24 @@ class NoDuplicatesBatchSampler(_EpochBatchSampler):
     `epoch_stats`. Epoch e's batches depend on epochs < e only through the carry, which is recomputed from the
     seed, so resuming mid-training gives the same order. Texts are compared exactly, through a text -> integer
     table, so every rank builds the same batches.
+
+    With `lengths` (each row's token count), batches are also of similar length (less padding): the shuffled
+    order is sorted by length inside each mega-batch of `mega_batch_mult` global batches before the batches are
+    filled, and the full batches are then shuffled, as `LengthGroupedBatchSampler` does. A row's in-batch
+    negatives are then texts of similar length.
     """
 
     def __init__(self, texts_per_row: Sequence[Sequence[str]], batch_size: int, *, drop_last: bool = False,
-                 seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+                 seed: int = 0, num_replicas: int = 1, rank: int = 0, lengths: Sequence[int] | None = None,
+                 mega_batch_mult: int = 50) -> None:
         super().__init__(len(texts_per_row), batch_size, drop_last=drop_last, seed=seed,
                          num_replicas=num_replicas, rank=rank)
+        if lengths is not None and len(lengths) != len(texts_per_row):
+            raise ValueError(f"no_duplicates_by_length: {len(lengths)} lengths for {len(texts_per_row)} rows")
+        if mega_batch_mult < 1:
+            raise ValueError(f"mega_batch_mult must be >= 1, got {mega_batch_mult}")
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.mega_batch_mult = mega_batch_mult
         table: dict[str, int] = {}
         self._row_keys = [tuple({table.setdefault(text, len(table)) for text in _flatten(row)})
                           for row in texts_per_row]
@@ -186,9 +198,12 @@ class NoDuplicatesBatchSampler(_EpochBatchSampler):
     def _plan_epoch(self, epoch: int) -> tuple[list[list[int]], list[int]]:
         size, keys = self.global_batch_size, self._row_keys
         carried_in = self._plans[epoch - 1][1] if epoch else []
-        order = carried_in + self._rng(epoch).permutation(self.num_rows).tolist()
+        rng = self._rng(epoch)
+        order = carried_in + self._epoch_order(rng)
         wanted = self.num_rows // size
         batches, leftover = _fill_full_batches(order, keys, size, wanted)
+        if self.lengths is not None:  # longest-first filling must not mean longest-first training
+            batches = [batches[i] for i in rng.permutation(len(batches))]
         full = len(batches)
         remainder = self.num_rows - wanted * size
         repeated = 0
@@ -217,6 +232,20 @@ class NoDuplicatesBatchSampler(_EpochBatchSampler):
         if self.rank == 0:
             logger.info("no_duplicates epoch %d: %s", epoch, self.epoch_stats[epoch])
         return batches, carried_out
+
+
+    def _epoch_order(self, rng: np.random.Generator) -> list[int]:
+        """This epoch's shuffle; with lengths, sorted by length (longest first) inside each mega-batch."""
+        order = rng.permutation(self.num_rows)
+        if self.lengths is None:
+            return order.tolist()
+        return _sorted_in_chunks(order, self.lengths, self.global_batch_size * self.mega_batch_mult).tolist()
+
+
+def _sorted_in_chunks(order: np.ndarray, lengths: np.ndarray, chunk: int) -> np.ndarray:
+    """`order` cut into chunks of `chunk` rows, each sorted by length, longest first (stable)."""
+    return np.concatenate([part[np.argsort(-lengths[part], kind="stable")]
+                           for part in np.split(order, range(chunk, len(order), chunk))])
 
 
 def _fill_full_batches(order: list[int], keys: list[tuple[int, ...]], size: int, wanted: int
@@ -290,9 +319,7 @@ class LengthGroupedBatchSampler(_EpochBatchSampler):
         size = self.global_batch_size
         rng = self._rng(epoch)
         order = rng.permutation(self.num_rows)
-        mega = size * self.mega_batch_mult
-        grouped = np.concatenate([chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-                                  for chunk in np.split(order, range(mega, self.num_rows, mega))])
+        grouped = _sorted_in_chunks(order, self.lengths, size * self.mega_batch_mult)
         batches = [grouped[i:i + size].tolist() for i in range(0, self.num_rows, size)]
         if len(batches[-1]) < size and (self.drop_last or len(batches[-1]) < self.min_short_batch):
             if self.rank == 0 and not self.drop_last:
@@ -314,6 +341,8 @@ def build_batch_sampler(kind: str, dataset: Any, batch_size: int, args: Any) -> 
     common = _sampler_arguments(args)
     if kind == "no_duplicates":
         return NoDuplicatesBatchSampler(texts_per_row(dataset), batch_size, **common)
+    if kind == "no_duplicates_by_length":
+        return NoDuplicatesBatchSampler(texts_per_row(dataset), batch_size, lengths=token_lengths(dataset), **common)
     return LengthGroupedBatchSampler(token_lengths(dataset), batch_size, **common)
 
 
@@ -348,6 +377,10 @@ def _inner_factory(kind: str, dataset, batch_size: int, common: dict):
     """rows of one source -> the `kind` sampler over them (None: a plain shuffle)."""
     if kind == "random":
         return None
+    if kind == "no_duplicates_by_length":
+        texts, lengths = texts_per_row(dataset), token_lengths(dataset)
+        return lambda rows: NoDuplicatesBatchSampler([texts[i] for i in rows], batch_size,
+                                                     lengths=[lengths[i] for i in rows], **common)
     per_row = texts_per_row(dataset) if kind == "no_duplicates" else token_lengths(dataset)
     cls = NoDuplicatesBatchSampler if kind == "no_duplicates" else LengthGroupedBatchSampler
     return lambda rows: cls([per_row[i] for i in rows], batch_size, **common)

@@ -160,10 +160,12 @@ class ContrastiveTrainer(Trainer):
 
     def __init__(self, model: Encoder, args: TrainingArguments, loss: nn.Module, *, train_dataset,
                  evaluator: Callable[[Encoder], dict[str, float]] | None = None, batch_sampler_factory=None,
-                 single_forward: bool = True, **kwargs) -> None:
+                 single_forward: bool | str | None = True, **kwargs) -> None:
         self.loss = loss
         self.evaluator = evaluator
-        self.single_forward = single_forward
+        # True / False, or None = chosen per batch from the lengths (a recipe's "auto" | "true" | "false")
+        self.single_forward = {"auto": None, "true": True, "false": False}.get(single_forward, single_forward) \
+            if isinstance(single_forward, str) else single_forward
         self.batch_sampler_factory = batch_sampler_factory
         collator = BatchCollator(model.tokenizer.pad_token_id or 0)
         if hasattr(train_dataset, "add_column") and ROW_ID not in train_dataset.column_names:

@@ -32,3 +32,41 @@ def test_similar_lengths_use_one_forward_and_different_lengths_one_per_role():
     model = CountingModel()
     skewed.embed(model, single_forward=True)  # an explicit choice is kept
     assert model.widths == [40]
+
+
+def test_recipe_key_single_forward_takes_auto_true_false_and_rejects_other_values():
+    import pytest
+
+    from nlp_contrastive.config import load_recipe
+    from tests.conftest import REPO_ROOT
+
+    recipe = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")
+    assert load_recipe(recipe, ["--bf16", "false"]).loss.single_forward == "true"  # the default until auto is measured
+    assert load_recipe(recipe, ["--bf16", "false", "--single_forward", "auto"]).loss.single_forward == "auto"
+    assert load_recipe(recipe, ["--bf16", "false", "--single_forward", "false"]).loss.single_forward == "false"
+    assert load_recipe(recipe, ["--bf16", "false", "--single_forward", "true"]).loss.single_forward == "true"
+    with pytest.raises(ValueError, match="single_forward must be one of auto, true, false, got 'maybe'"):
+        load_recipe(recipe, ["--bf16", "false", "--single_forward", "maybe"])
+
+
+def test_trainer_embeds_as_the_recipe_says(tiny_model_dir, tmp_path, data_dir, monkeypatch):
+    """Through train(): `single_forward` reaches Batch.embed as None (auto) / True / False."""
+    from nlp_contrastive.train import train
+    from tests.conftest import REPO_ROOT
+
+    seen = []
+    embed = Batch.embed
+
+    def recording_embed(self, model, single_forward=True):
+        seen.append(single_forward)
+        return embed(self, model, single_forward)
+
+    monkeypatch.setattr(Batch, "embed", recording_embed)
+    for value, expected in (("auto", None), ("true", True), ("false", False)):
+        seen.clear()
+        overrides = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / value),
+                     "--max_train_rows", "32", "--per_device_train_batch_size", "8", "--max_steps", "2",
+                     "--single_forward", value, "--bf16", "false", "--use_cpu", "true", "--eval_tasks", "[]",
+                     "--final_eval_tasks", "[]", "--report_to", "none", "--save_strategy", "no"]
+        assert train(str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml"), overrides) == 0
+        assert seen and set(seen) == {expected}, value

@@ -31,3 +31,47 @@ def test_printed_optimizer_steps_equal_the_steps_run(tiny_model_dir, tmp_path, d
     assert train(INFONCE, overrides, callbacks=[final]) == 0
     printed = int(re.search(r"optimizer_steps: (\d+)", capsys.readouterr().out).group(1))
     assert printed == final.global_step == epochs * -(-5 // accumulation)  # 5 batches per epoch: 4 x 1024 + 1 short
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["group_by_length", "no_duplicates_by_length"])
+def test_length_grouped_samplers_under_two_processes_are_disjoint_distinct_and_resume_to_the_same_rows(
+        tmp_path, data_dir, sampler):
+    """The length-grouped samplers through accelerate with 2 processes, 2 epochs: every step both ranks get a
+    batch, ranks are disjoint, (no_duplicates_by_length) no text repeats in a global batch, and a run killed
+    after step 3 resumes to the uninterrupted run's rows."""
+    from tests.conftest import make_tiny_encoder
+    from tests.test_ddp_training import launch_command, recorded, run
+
+    model = tmp_path / "tiny"
+    make_tiny_encoder().save_pretrained(model)
+
+    def args(out, *extra):
+        return [INFONCE, "--model_name_or_path", str(model), "--output_dir", str(tmp_path / out), "--max_train_rows",
+                "80", "--per_device_train_batch_size", "8", "--num_train_epochs", "2", "--batch_sampler", sampler,
+                "--eval_tasks", "[]", "--final_eval_tasks", "[]", "--use_cpu", "true", "--bf16", "false",
+                "--report_to", "none", "--save_strategy", "steps", "--save_steps", "3", "--logging_steps", "1",
+                *extra]
+
+    run(launch_command("--record", str(tmp_path / "rows-straight"), *args("straight")))
+    run(launch_command("--record", str(tmp_path / "rows-killed"), "--kill-after-step", "3", *args("killed")),
+        expect=1)
+    run(launch_command("--record", str(tmp_path / "rows-resumed"),
+                       *args("killed", "--resume_from_checkpoint", "true")))
+    straight, resumed = recorded(tmp_path / "rows-straight"), recorded(tmp_path / "rows-resumed")
+    steps = sorted(straight[0])
+    assert steps == sorted(straight[1]) == list(range(10))  # 80 rows / 16 per global batch = 5 steps x 2 epochs
+    from nlp_contrastive import train_data
+    from nlp_contrastive.config import load_recipe
+
+    rows = train_data.build_train_dataset(load_recipe(INFONCE).data.train_data, max_rows=80)
+    for step in steps:
+        batch = straight[0][step] + straight[1][step]
+        assert not set(straight[0][step]) & set(straight[1][step]), f"ranks share a row at step {step}"
+        if sampler == "no_duplicates_by_length":
+            texts = [rows[i][role] for i in batch for role in ("anchor", "positive")]
+            assert len(texts) == len(set(texts)), f"repeated text in global batch {step}"
+    for rank in range(2):
+        assert sorted(resumed[rank]) == [3, 4, 5, 6, 7, 8, 9]  # from checkpoint-3 on
+        assert all(resumed[rank][s] == straight[rank][s] for s in resumed[rank]), f"rank {rank} resumed elsewhere"
+        assert [straight[rank][s] for s in range(5)] != [straight[rank][s] for s in range(5, 10)]  # new epoch order

@@ -232,3 +232,59 @@ def test_rank_parts_of_a_global_batch_are_the_one_process_batch(num_replicas):
         full = [b for b in one if len(b) == 8 * num_replicas]
         assert len(full) == 403 // (8 * num_replicas)
         assert [sum((ranks[step] for ranks in per_rank), []) for step in range(len(full))] == full
+
+
+@pytest.mark.parametrize("num_replicas", [1, 2, 3])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_no_duplicates_by_length_groups_lengths_and_keeps_every_no_duplicates_guarantee(num_replicas, drop_last):
+    """no_duplicates_by_length: the no-duplicates contract (no repeated text in a global batch, equal rank counts,
+    disjoint ranks, placed-or-carried rows, same length every epoch) plus batches of similar length, in
+    shuffled order, deterministic in (seed, epoch)."""
+    data = pairs_with_repeats()
+    rng = random.Random(3)
+    lengths = [rng.randint(4, 90) for _ in data]
+
+    def make(rank, seed=1):
+        return NoDuplicatesBatchSampler(data, 8, drop_last=drop_last, seed=seed, num_replicas=num_replicas,
+                                        rank=rank, lengths=lengths, mega_batch_mult=10)
+
+    per_rank = all_ranks(make, num_replicas)
+    steps = len(per_rank[0])
+    assert all(len(batches) == steps for batches in per_rank)
+    assert steps == len(data) // (8 * num_replicas) + (not drop_last)
+    for step in range(steps):
+        parts = [batches[step] for batches in per_rank]
+        assert len({len(p) for p in parts}) == 1 and len(parts[0]) >= 2
+        texts = [text for part in parts for row in part for text in data[row]]
+        assert len(texts) == len(set(texts)), f"repeated text in global batch {step}"
+    rank_rows = [{row for batch in batches for row in batch} for batches in per_rank]
+    assert sum(len(rows) for rows in rank_rows) == len(set().union(*rank_rows))
+    carried = make(0).carried_over(0) if num_replicas == 1 else NoDuplicatesBatchSampler(
+        data, 8 * num_replicas, drop_last=drop_last, seed=1, lengths=lengths, mega_batch_mult=10).carried_over(0)
+    assert set().union(*rank_rows) | set(carried) == set(range(len(data)))
+    # Grouped: the mean length spread of a global batch is far below a random batch's (~70 for 8n of 4..90).
+    globals_ = [[row for ranks in per_rank for row in ranks[step]] for step in range(steps)]
+    spreads = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in globals_ if len(b) == 8 * num_replicas]
+    assert sum(spreads) / len(spreads) < 25
+    means = [sum(lengths[i] for i in b) / len(b) for b in globals_]
+    assert means != sorted(means, reverse=True)  # batch order is shuffled, not longest first
+    for epoch in range(1, 3):
+        later = all_ranks(make, num_replicas, epoch)
+        assert [len(b) for b in later] == [steps] * num_replicas and later[0] != per_rank[0]
+    assert all_ranks(make, num_replicas)[0] == per_rank[0]  # resumable: rebuilt from (seed, epoch) alone
+    assert all_ranks(lambda rank: make(rank, seed=2), num_replicas)[0] != per_rank[0]
+
+
+def test_no_duplicates_without_lengths_keeps_its_order():
+    """Adding length grouping did not change plain no_duplicates batches (same rng use): the batches pinned here
+    are those of the sampler before length grouping existed."""
+    data = pairs_with_repeats()
+    plain = list(NoDuplicatesBatchSampler(data, 8, seed=1))
+    assert (plain[0], plain[-1], len(plain)) == ([1, 267, 130, 120, 200, 226, 334, 318], [187, 102, 255], 51)
+    grouped = list(NoDuplicatesBatchSampler(data, 8, seed=1, lengths=[len(a) + len(p) for a, p in data]))
+    assert sorted(map(sorted, plain)) != sorted(map(sorted, grouped))
+
+
+def test_no_duplicates_by_length_rejects_lengths_of_another_dataset():
+    with pytest.raises(ValueError, match="3 lengths for 403 rows"):
+        NoDuplicatesBatchSampler(pairs_with_repeats(), 8, lengths=[1, 2, 3])
