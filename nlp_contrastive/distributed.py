@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["Gathered", "gather_rows", "label_offset", "rank_and_world_size", "reduce_across_ranks"]
+__all__ = ["Gathered", "average_gradients_across_ranks", "gather_rows", "label_offset", "rank_and_world_size",
+           "reduce_across_ranks"]
 
 
 def rank_and_world_size(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
@@ -152,3 +153,22 @@ def reduce_across_ranks(per_row: Tensor, reduction: str, *, global_rows: int, wo
     if reduction == "mean":
         return per_row.sum() * (world_size / global_rows)
     raise ValueError(f"unknown reduction '{reduction}': choose one of mean, sum, none")
+
+
+def average_gradients_across_ranks(parameters: list[nn.Parameter]) -> None:
+    """Average these parameters' gradients over ranks during backward, as DDP does for the model's own.
+
+    For parameters outside the DDP-wrapped model (a loss's learnable scale and bias): without it every rank would
+    step its copy with its local gradient and the copies would drift apart. No-op without a process group.
+    """
+    _, world = rank_and_world_size()
+    if world == 1:
+        return
+
+    def average(grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad / world
+
+    for parameter in parameters:
+        parameter.register_hook(average)

@@ -23,9 +23,11 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from nlp_contrastive.batch import ROW_ID, Batch, BatchCollator
+from nlp_contrastive.distributed import average_gradients_across_ranks
 from nlp_contrastive.losses.cached import CachedLoss, accelerator_sync
 from nlp_contrastive.modeling import Encoder
 
+LOSS_PARAMETERS_NAME = "loss_parameters.safetensors"  # in checkpoints: learnable loss scale/bias
 logger = logging.getLogger(__name__)
 
 
@@ -230,6 +232,7 @@ class ContrastiveTrainer(Trainer):
                                        for q in loss_parameters):
             self.loss.to(self.args.device)
             optimizer.add_param_group({"params": loss_parameters, "weight_decay": 0.0})
+            average_gradients_across_ranks(loss_parameters)  # DDP averages only the model's gradients
         return optimizer
 
     # --------------------------------------------------------------------------------------------- loss
@@ -259,6 +262,10 @@ class ContrastiveTrainer(Trainer):
             # Checkpoints carry the arguments as transformers' do; the final folder is the model alone (it is
             # what gets pushed, and the pickled arguments may hold a hub token).
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+            loss_state = {name: p.detach().cpu().contiguous() for name, p in self.loss.named_parameters()
+                          if p.requires_grad}
+            if loss_state:  # learnable loss parameters resume with the encoder (the optimizer state alone would not)
+                safetensors.torch.save_file(loss_state, os.path.join(output_dir, LOSS_PARAMETERS_NAME))
 
     def _get_output_dir(self, trial) -> str:
         staging = getattr(self, "_checkpoint_staging_dir", None)
@@ -300,6 +307,11 @@ class ContrastiveTrainer(Trainer):
             raise FileNotFoundError(f"checkpoint '{resume_from_checkpoint}' has no model.safetensors: resume from a "
                                     "complete checkpoint-N folder written by this trainer")
         state = safetensors.torch.load_file(weights, device=str(encoder.device))
+        loss_state = os.path.join(resume_from_checkpoint, LOSS_PARAMETERS_NAME)
+        if os.path.isfile(loss_state):
+            with torch.no_grad():
+                for name, value in safetensors.torch.load_file(loss_state).items():
+                    self.loss.get_parameter(name).copy_(value)
         try:
             missing, unexpected = encoder.model.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shape mismatches: a checkpoint of another model size

@@ -4,7 +4,8 @@ The real train entry point with two test hooks: `--record` writes, per rank, whi
 step's collated batch held (DIR/rank{R}.jsonl: {"step": global_step, "rows": [...]}, read in compute_loss, so
 through accelerate's data loader, sharding and skip-on-resume); `--kill-after-step N` raises once step N + 1 has
 run (checkpoint-N, if saved, is complete), like a killed job; `--slow-save-rank R` makes rank R write its
-checkpoint RNG state 1.5 s late (a slow file system), which exposes a rank 0 that renames the folder too early.
+checkpoint RNG state 1.5 s late (a slow file system), which exposes a rank 0 that renames the folder too early;
+`--record-loss-parameters DIR` writes each rank's learnable loss parameters at the end.
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ from transformers import TrainerCallback
 from nlp_contrastive import data, train
 from nlp_contrastive.batch import BatchCollator
 from nlp_contrastive.trainer import ContrastiveTrainer
+
+
+class RecordLossParameters(TrainerCallback):
+    """Each rank writes its copy of the loss's learnable parameters at the end (DIR/loss-rank{R}.json)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def on_train_end(self, args, state, control, optimizer=None, **kwargs):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        values = [p.detach().tolist() for p in optimizer.param_groups[-1]["params"]]
+        (self.directory / f"loss-rank{args.process_index}.json").write_text(json.dumps(values))
 
 
 class KillAfter(TrainerCallback):
@@ -71,12 +84,15 @@ def main() -> int:
     parser.add_argument("--record", type=Path)
     parser.add_argument("--kill-after-step", type=int)
     parser.add_argument("--slow-save-rank", type=int)
+    parser.add_argument("--record-loss-parameters", type=Path)
     hooks, rest = parser.parse_known_args()
     if hooks.slow_save_rank is not None:
         slow_rng_save(hooks.slow_save_rank)
     if hooks.record:
         record_rows(hooks.record)
     callbacks = [KillAfter(hooks.kill_after_step)] if hooks.kill_after_step is not None else []
+    if hooks.record_loss_parameters:
+        callbacks.append(RecordLossParameters(hooks.record_loss_parameters))
     try:
         return train.train(rest[0], rest[1:], callbacks=callbacks)
     except KeyboardInterrupt as exc:

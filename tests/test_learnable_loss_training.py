@@ -53,3 +53,48 @@ def test_fixed_loss_adds_no_parameter_group(tiny_model_dir, tmp_path, data_dir):
     grab = GrabTrainer()
     train(LOGLOSS, tiny_overrides(str(tiny_model_dir), tmp_path / "o", "--max_steps", "1"), callbacks=[grab])
     assert len(grab.groups) == 2
+
+
+class FirstStepValues(TrainerCallback):
+    def __init__(self):
+        self.values = None
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if self.values is None:
+            self.values = [p.detach().clone() for p in optimizer.param_groups[-1]["params"]]
+
+
+def test_a_resumed_run_starts_from_the_learned_scale_and_bias_of_its_checkpoint(tiny_model_dir, tmp_path, data_dir):
+    """The checkpoint carries loss_parameters.safetensors and resuming loads it (without it the scale and bias
+    would restart from their initial values while the optimizer state moved on)."""
+    from safetensors.torch import load_file
+
+    from tests.test_trainer import KillAt
+
+    common = ("--max_steps", "4", "--learning_rate", "0.05", "--save_strategy", "steps", "--save_steps", "2",
+              "--loss_kwargs", "{temperature: 0.05, bias: -15.0, learnable: true}")
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train(LOGLOSS, tiny_overrides(str(tiny_model_dir), out, *common), callbacks=[KillAt(2)])
+    saved = load_file(out / "checkpoint-2" / "loss_parameters.safetensors")
+    assert sorted(saved) == ["bias", "log_scale"] and saved["bias"].item() != pytest.approx(-15.0)
+    resumed = FirstStepValues()
+    train(LOGLOSS, tiny_overrides(str(tiny_model_dir), out, *common, "--resume_from_checkpoint", "true"),
+          callbacks=[resumed])
+    assert [v.item() for v in resumed.values] == [saved["log_scale"].item(), saved["bias"].item()]
+
+
+@pytest.mark.slow
+def test_two_processes_keep_one_learned_scale_and_bias(tiny_model_dir, tmp_path, data_dir):
+    """The loss's parameters live outside the DDP-wrapped encoder: their gradients are averaged over ranks too,
+    so both ranks end with the same scale and bias (each rank's batch differs, so unsynchronised copies drift)."""
+    import json
+
+    from tests.test_ddp_training import launch_command, run
+
+    record = tmp_path / "record"
+    run(launch_command("--record-loss-parameters", str(record), LOGLOSS,
+                       *tiny_overrides(str(tiny_model_dir), tmp_path / "o", "--max_steps", "4", "--learning_rate",
+                                       "0.05", "--loss_kwargs", "{temperature: 0.05, bias: -15.0, learnable: true}")))
+    rank0, rank1 = (json.loads((record / f"loss-rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1 and rank0[1] != pytest.approx(-15.0)
