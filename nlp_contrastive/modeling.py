@@ -196,6 +196,7 @@ class Encoder(nn.Module):
         if state_dict is not None:
             state_dict = _transformer_weights(state_dict)
         self.model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+        (folder / "README.md").unlink(missing_ok=True)  # peft's template card: the model card is ours (card.py)
         self.tokenizer.save_pretrained(folder)
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER},

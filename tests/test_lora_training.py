@@ -25,6 +25,8 @@ def test_only_adapters_train_and_sentence_transformers_loads_the_adapter(tiny_mo
     adapter = load_file(out / "adapter_model.safetensors")
     assert adapter and all("lora_" in name for name in adapter)
     assert any(float(t.abs().sum()) > 0 for n, t in adapter.items() if "lora_B" in n)  # B starts at 0: it trained
+    card = (out / "README.md").read_text()
+    assert "nlp-contrastive model card" in card and "Model Card for Model ID" not in card  # ours, not peft's
 
     trained = Encoder.from_pretrained(str(out))
     base = Encoder.from_pretrained(str(tiny_model_dir))
