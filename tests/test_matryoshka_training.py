@@ -1,5 +1,6 @@
 """Matryoshka through the trainer: dims checked against the encoder, eval at each dimension, saved dims, card."""
 
+import functools
 import json
 
 import numpy as np
@@ -76,3 +77,27 @@ def test_eval_cli_truncate_dim(tiny_model_dir, tmp_path, data_dir, capsys):
     assert results["sts@8"]["spearman_cosine"] != pytest.approx(full["spearman_cosine"])
     assert cli_main(["eval", "--model", str(tiny_model_dir), "--suite", str(suite), "--truncate-dim", "64"]) == 2
     assert "truncate_dim 64 exceeds the model's embedding dimension 32" in capsys.readouterr().err
+
+
+def test_a_task_at_several_dims_encodes_its_texts_once(tiny_model_dir, tmp_path, data_dir):
+    """Each dim's numbers equal those of a separate run at that dim, with one encoding per task, not one per dim."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("tasks:\n  sts: {type: sts, dataset: stsb, split: test, max_rows: 60}\n"
+                     "  pairs: {type: pair_classification, dataset: msrp, split: test, max_rows: 60}\n")
+    encoder = Encoder.from_pretrained(str(tiny_model_dir))
+    calls = []
+    original = encoder.encode
+
+    def counting_encode(texts, *args, **kwargs):
+        calls.append(len(texts))
+        return original(texts, *args, **kwargs)
+
+    encoder.encode = functools.wraps(original)(counting_encode)
+    together = load_suite(str(suite)).at_dimensions([None, 16, 8])(encoder)
+    per_task_calls = len(calls)
+    calls.clear()
+    alone = {f"sts@{d}": load_suite(str(suite)).at_dimensions([d])(encoder)[f"sts@{d}"] for d in (16, 8)}
+    assert per_task_calls == len(calls) // 2 == 2  # one encode per task for all three dims
+    for name, metrics in alone.items():
+        assert together[name] == pytest.approx(metrics)
+    assert set(together) == {"sts", "sts@16", "sts@8", "pairs", "pairs@16", "pairs@8"}

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
+from nlp_contrastive.evaluation.reuse import RecentEncodings
 from nlp_contrastive.evaluation.tasks import TaskSpec, TaskUnavailable, build_evaluator, default_task_name
 from nlp_contrastive.sources import check_known_keys, yaml_problem
 
@@ -66,6 +67,7 @@ class Suite:
         self.required = set(required)
         self._evaluators: list[Evaluator] | None = None
         self.skipped: dict[str, str] = {}
+        self.reuse_encodings = False
 
     @property
     def names(self) -> list[str]:
@@ -126,12 +128,16 @@ class Suite:
         tasks = [dataclasses.replace(t, name=t.name if d is None else f"{t.name}@{d}", truncate_dim=d)
                  for t in self.tasks for d in dims]
         required = [t.name for t in tasks if t.name.split("@")[0] in self.required]
-        return Suite(tasks, batch_size=self.batch_size, required=required)
+        suite = Suite(tasks, batch_size=self.batch_size, required=required)
+        suite.reuse_encodings = len(set(dims)) > 1  # the dims of a task share one encoding
+        return suite
 
     def __call__(self, encoder, *, on_predictions: Callable[[Evaluator, Any, dict[str, float]], None] | None = None
                  ) -> dict[str, dict[str, float]]:
         """Run every available task; `on_predictions(evaluator, predictions, metrics)` sees raw scores (plots)."""
         results: dict[str, dict[str, float]] = {}
+        if self.reuse_encodings:
+            encoder = RecentEncodings(encoder)
         for evaluator in self.evaluators():
             predictions = evaluator.predict(encoder)
             results[evaluator.name] = evaluator.score(predictions)
