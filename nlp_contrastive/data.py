@@ -301,7 +301,7 @@ def _check_text_column(column: pa.ChunkedArray, role: str, source: str) -> None:
         if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
             raise ValueError(f"column for role '{role}' in {source} must hold a list of texts per row, got "
                              f"{column.type}: map a column of text lists")
-        _first_bad(column, pc.is_null(column), role, source, "is missing (null)")
+        first_bad_row(column, pc.is_null(column), role, source, "is missing (null)")
         empty_lists = pc.equal(pc.list_value_length(column), 0)
         if role == "negatives":  # e.g. a mined query whose candidates all failed the filters: in-batch only
             empty = pc.sum(empty_lists).as_py() or 0
@@ -312,26 +312,27 @@ def _check_text_column(column: pa.ChunkedArray, role: str, source: str) -> None:
                 logger.info("%s: %d of %d rows have no hard negative (in-batch negatives only)", source, empty,
                             len(column))
         else:
-            _first_bad(column, empty_lists, role, source, "is an empty list")
+            first_bad_row(column, empty_lists, role, source, "is an empty list")
         column = pc.list_flatten(column)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise ValueError(f"column for role '{role}' in {source} holds {column.type}, not {kind}: map a text column")
-    _first_bad(column, pc.is_null(column), role, source, "is missing (null)")
+    first_bad_row(column, pc.is_null(column), role, source, "is missing (null)")
     blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
-    _first_bad(column, blank, role, source, "is empty")
+    first_bad_row(column, blank, role, source, "is empty")
 
 
 def _check_value_column(column: pa.ChunkedArray, role: str, source: str) -> None:
-    _first_bad(column, pc.is_null(column), role, source, "is missing (None)")
+    first_bad_row(column, pc.is_null(column), role, source, "is missing (None)")
     if role == "score":
         if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
             raise ValueError(f"column for role 'score' in {source} holds {column.type}, not numbers: map a numeric column")
         if pa.types.is_floating(column.type):
-            _first_bad(column, pc.is_nan(column), role, source, "is NaN")
-            _first_bad(column, pc.is_inf(column), role, source, "is infinite")
+            first_bad_row(column, pc.is_nan(column), role, source, "is NaN")
+            first_bad_row(column, pc.is_inf(column), role, source, "is infinite")
 
 
-def _first_bad(column: pa.ChunkedArray, bad: pa.ChunkedArray, role: str, source: str, what: str) -> None:
+def first_bad_row(column: pa.ChunkedArray, bad: pa.ChunkedArray, role: str, source: str, what: str) -> None:
+    """One-line error naming the first row where `bad` holds (the message every row check of the data uses)."""
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
         raise ValueError(f"{source}: {role} in row {row} {what}: fix or drop that row")

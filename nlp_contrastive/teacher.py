@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nlp_contrastive.data import first_bad_row
+
 TEACHER_CACHE_ENV = "NLPC_TEACHER_CACHE"
 TEACHER_ROLE = "teacher_embedding"
 SCORES_ROLE = "teacher_scores"
@@ -109,7 +111,7 @@ def check_teacher_scores(ds: datasets.Dataset, where: str) -> None:
         raise ValueError(f"{where}: teacher_scores must hold a list of numbers per row ([positive, negative 1, ...]),"
                          f" got {scores.type}: join a positive and a negatives score column with teacher_scores: "
                          "[positive_score, negative_scores]")
-    _first_bad_row(pc.is_null(scores), where, "teacher_scores is missing (null)")
+    first_bad_row(scores, pc.is_null(scores), SCORES_ROLE, where, "is missing (null)")
     flat = pc.list_flatten(scores)
     if not (pa.types.is_floating(flat.type) or pa.types.is_integer(flat.type) or pa.types.is_null(flat.type)):
         raise ValueError(f"{where}: teacher_scores holds {flat.type}, not numbers: map a column of score lists")
@@ -130,11 +132,6 @@ def check_teacher_scores(ds: datasets.Dataset, where: str) -> None:
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         row = int(np.searchsorted(offsets, int(np.flatnonzero(~np.isfinite(values))[0]), side="right") - 1)
         raise ValueError(f"{where}: teacher_scores in row {row} contain NaN, inf or null: fix or drop that row")
-
-
-def _first_bad_row(bad, where: str, what: str) -> None:
-    if pc.any(bad).as_py():
-        raise ValueError(f"{where}: {what} in row {pc.index(bad, True).as_py()}: fix or drop that row")
 
 
 # -------------------------------------------------------------------------------------- teacher embeddings
