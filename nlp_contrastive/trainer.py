@@ -153,6 +153,19 @@ class SignalStop(TrainerCallback):
         return control
 
 
+class ZeroLossGradients(TrainerCallback):
+    """Clear the loss's own parameter gradients after each optimizer step, as Trainer's `model.zero_grad()` does
+    for the encoder's: they live outside the model, so without this they would accumulate over every step (and a
+    resumed run, whose gradients restart from zero, would diverge from an uninterrupted one)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        for parameter in self.trainer.loss.parameters():
+            parameter.grad = None
+
+
 class ContrastiveTrainer(Trainer):
     """Trainer for an `Encoder` and a loss over role embeddings; evaluation through the evaluation suite."""
 
@@ -184,6 +197,7 @@ class ContrastiveTrainer(Trainer):
         self.nonfinite_guard = NonFiniteLossGuard(self)
         self.signal_stop = SignalStop(self)
         self.add_callback(self.signal_stop)
+        self.add_callback(ZeroLossGradients(self))
 
     def train(self, *args, **kwargs):
         """Trainer.train with SIGINT/SIGTERM turned into "save a checkpoint at the end of this step, then stop"
