@@ -24,6 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from nlp_contrastive.batch import ROW_ID, Batch, BatchCollator
 from nlp_contrastive.distributed import average_gradients_across_ranks
+from nlp_contrastive.lora import LORA_ADAPTER_CONFIG, load_adapter_weights
 from nlp_contrastive.losses.cached import CachedLoss, accelerator_sync
 from nlp_contrastive.modeling import Encoder
 
@@ -315,17 +316,23 @@ class ContrastiveTrainer(Trainer):
         self.accelerator.wait_for_everyone()  # checkpoint-N is in place for every rank (e.g. to load the best)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Copy a checkpoint's weights (the full encoder, or its LoRA adapters) and the loss's learnable parameters
+        into the live ones, in place: the optimizer built over them keeps its references."""
         encoder: Encoder = self.accelerator.unwrap_model(model or self.model, keep_torch_compile=False)
+        self._load_loss_parameters(resume_from_checkpoint)
+        adapter = os.path.isfile(os.path.join(resume_from_checkpoint, LORA_ADAPTER_CONFIG))
+        if adapter != encoder.is_lora:
+            held, wanted = ("LoRA adapters", "a full model") if adapter else ("a full model", "LoRA adapters")
+            raise ValueError(f"checkpoint '{resume_from_checkpoint}' holds {held} but this run trains {wanted}: "
+                             "resume with the recipe's own lora settings, or start a new output_dir")
+        if adapter:
+            load_adapter_weights(encoder.model, resume_from_checkpoint)
+            return
         weights = os.path.join(resume_from_checkpoint, "model.safetensors")
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"checkpoint '{resume_from_checkpoint}' has no model.safetensors: resume from a "
                                     "complete checkpoint-N folder written by this trainer")
         state = safetensors.torch.load_file(weights, device=str(encoder.device))
-        loss_state = os.path.join(resume_from_checkpoint, LOSS_PARAMETERS_NAME)
-        if os.path.isfile(loss_state):
-            with torch.no_grad():
-                for name, value in safetensors.torch.load_file(loss_state).items():
-                    self.loss.get_parameter(name).copy_(value)
         try:
             missing, unexpected = encoder.model.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shape mismatches: a checkpoint of another model size
@@ -335,6 +342,13 @@ class ContrastiveTrainer(Trainer):
         if unexpected or [k for k in missing if "position_ids" not in k]:
             raise ValueError(f"checkpoint '{resume_from_checkpoint}' does not match the model "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}): resume with the same model_name_or_path")
+
+    def _load_loss_parameters(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, LOSS_PARAMETERS_NAME)
+        if os.path.isfile(path):
+            with torch.no_grad():
+                for name, value in safetensors.torch.load_file(path).items():
+                    self.loss.get_parameter(name).copy_(value)
 
     def _load_best_model(self) -> None:
         logger.info("Loading best model from %s (score: %s)", self.state.best_model_checkpoint, self.state.best_metric)
