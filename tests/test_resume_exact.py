@@ -1,0 +1,133 @@
+"""Killed-and-resumed runs end where uninterrupted ones do, for learnable loss parameters and LoRA adapters.
+
+Each test trains a tiny dropout BERT straight through, then again killed right after a checkpoint and resumed with
+`--resume_from_checkpoint true` through `nlp_contrastive.train`, and compares what the two runs wrote.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from nlp_contrastive.modeling import Encoder
+from nlp_contrastive.train import main, train
+from tests.conftest import REPO_ROOT, make_tiny_encoder
+from tests.test_trainer import KillAt, tiny_overrides
+
+COSINE = str(REPO_ROOT / "recipes" / "stsb-cosine.yaml")
+LOGLOSS = str(REPO_ROOT / "recipes" / "msrp-logloss.yaml")
+LORA = "{r: 4, alpha: 8, dropout: 0.1, target_modules: [query, value]}"
+TEXTS = ["a man is playing a guitar", "the cat sleeps", "two dogs run in the park"]
+
+
+@pytest.fixture
+def dropout_model_dir(tmp_path):
+    """Dropout on, so resuming must also restore the random state to end equal."""
+    path = tmp_path / "tiny-dropout"
+    make_tiny_encoder(dropout=0.1).save_pretrained(path)
+    return str(path)
+
+
+def straight_and_resumed(recipe, model_dir, tmp_path, common, kill_at, callbacks=()):
+    """Output dirs of an uninterrupted run and of one killed after step `kill_at` then resumed."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train(recipe, tiny_overrides(model_dir, straight, *common))
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tiny_overrides(model_dir, killed, *common), callbacks=[KillAt(kill_at)])
+    assert (killed / f"checkpoint-{kill_at}").is_dir()
+    train(recipe, tiny_overrides(model_dir, killed, *common, "--resume_from_checkpoint", "true"),
+          callbacks=list(callbacks))
+    return straight, killed
+
+
+def assert_same_tensors(expected: dict, actual: dict) -> None:
+    assert sorted(actual) == sorted(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("cached", ["false", "true"])
+def test_resumed_run_with_learnable_scale_and_bias_ends_as_the_uninterrupted_one(dropout_model_dir, tmp_path,
+                                                                                 data_dir, cached):
+    """Loss parameters live outside the model, so Trainer's model.zero_grad() did not clear their gradients: they
+    summed over every step of a run, and a resumed run (gradients restarting from zero) drifted from it."""
+    common = ("--max_steps", "5", "--learning_rate", "0.05", "--save_strategy", "steps", "--save_steps", "2",
+              "--cached", cached, "--cache_mini_batch_size", "3",
+              "--loss_kwargs", "{temperature: 0.05, bias: -15.0, learnable: true}")
+    straight, resumed = straight_and_resumed(LOGLOSS, dropout_model_dir, tmp_path, common, kill_at=2)
+    assert_same_tensors(load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors"))
+    # the final learned values: the run record's loss config (from the live module) and the last checkpoint's file
+    learned = [json.loads((out / "training_run.json").read_text())["loss"]["config"] for out in (straight, resumed)]
+    assert learned[0]["bias"] != pytest.approx(-15.0) and learned[0]["temperature"] != pytest.approx(0.05)
+    assert learned[1]["bias"] == pytest.approx(learned[0]["bias"], rel=0, abs=1e-6)
+    assert learned[1]["temperature"] == pytest.approx(learned[0]["temperature"], rel=0, abs=1e-7)
+    assert_same_tensors(load_file(straight / "checkpoint-4" / "loss_parameters.safetensors"),
+                        load_file(resumed / "checkpoint-4" / "loss_parameters.safetensors"))
+
+
+class OptimizerParameterNames(TrainerCallback):
+    """The names of the model parameters the optimizer steps (to check a resumed LoRA run trains adapters only)."""
+
+    def __init__(self):
+        self.names = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self.names = [name for name, p in model.named_parameters() if id(p) in held]
+
+
+@pytest.mark.parametrize("merge,cached", [("false", "false"), ("true", "true")])
+def test_resumed_lora_run_trains_the_adapters_only_and_ends_as_the_uninterrupted_one(dropout_model_dir, tmp_path,
+                                                                                     data_dir, merge, cached):
+    """LoRA checkpoints hold the adapter (adapter_model.safetensors, no model.safetensors): resuming loads it into
+    the live adapters, the optimizer state covers the adapter parameters only, and the end is the same."""
+    common = ("--max_steps", "6", "--learning_rate", "0.01", "--save_strategy", "steps", "--save_steps", "3",
+              "--lora", LORA, "--lora_merge", merge, "--cached", cached, "--cache_mini_batch_size", "3")
+    held = OptimizerParameterNames()
+    straight, resumed = straight_and_resumed(COSINE, dropout_model_dir, tmp_path, common, kill_at=3,
+                                             callbacks=[held])
+    assert held.names and all("lora_" in name for name in held.names)
+    weights = "model.safetensors" if merge == "true" else "adapter_model.safetensors"
+    assert (straight / weights).is_file() and (straight / "adapter_config.json").exists() == (merge == "false")
+    expected = load_file(straight / weights)
+    assert_same_tensors(expected, load_file(resumed / weights))
+    if merge == "false":
+        assert any(float(t.abs().sum()) > 0 for n, t in expected.items() if "lora_B" in n)  # B starts at 0
+    embeddings = [Encoder.from_pretrained(str(out)).encode(TEXTS) for out in (straight, resumed)]
+    torch.testing.assert_close(torch.as_tensor(embeddings[1]), torch.as_tensor(embeddings[0]), rtol=0, atol=1e-6)
+    base = Encoder.from_pretrained(dropout_model_dir).encode(TEXTS)
+    assert not torch.allclose(torch.as_tensor(base), torch.as_tensor(embeddings[0]), atol=1e-4)
+
+
+def test_lora_run_loads_its_best_adapter_at_the_end(dropout_model_dir, tmp_path, data_dir):
+    """load_best_model_at_end (as recipes/stsb-lora.yaml sets) reads the best checkpoint's adapter back."""
+    out = tmp_path / "o"
+    assert main([COSINE, *tiny_overrides(dropout_model_dir, out, "--max_steps", "4", "--learning_rate", "0.01",
+                                         "--lora", LORA, "--save_strategy", "steps", "--save_steps", "2",
+                                         "--eval_strategy", "steps", "--eval_steps", "2",
+                                         "--eval_tasks", "[{name: v, type: sts, dataset: stsb, split: validation, "
+                                                         "max_rows: 24}]",
+                                         "--load_best_model_at_end", "true", "--metric_for_best_model", "score",
+                                         "--save_total_limit", "3")]) == 0
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    best = state["best_model_checkpoint"]
+    assert best and best.startswith(str(out))
+    assert_same_tensors(load_file(f"{best}/adapter_model.safetensors"), load_file(out / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("first,then,message", [
+    (("--lora", LORA), (), "holds LoRA adapters but this run trains a full model"),
+    ((), ("--lora", LORA), "holds a full model but this run trains LoRA adapters"),
+    (("--lora", LORA), ("--lora", "{r: 2, target_modules: [query, value]}"), "does not match the model's LoRA"),
+])
+def test_resuming_a_checkpoint_of_other_lora_settings_fails_in_one_line(tiny_model_dir, tmp_path, data_dir, capsys,
+                                                                        first, then, message):
+    common = ("--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2")
+    out = tmp_path / "o"
+    assert main([COSINE, *tiny_overrides(str(tiny_model_dir), out, *common, *first)]) == 0
+    code = main([COSINE, *tiny_overrides(str(tiny_model_dir), out, *common, "--max_steps", "3", *then,
+                                         "--resume_from_checkpoint", "true")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
