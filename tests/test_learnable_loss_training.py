@@ -98,3 +98,25 @@ def test_two_processes_keep_one_learned_scale_and_bias(tiny_model_dir, tmp_path,
                                        "0.05", "--loss_kwargs", "{temperature: 0.05, bias: -15.0, learnable: true}")))
     rank0, rank1 = (json.loads((record / f"loss-rank{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1 and rank0[1] != pytest.approx(-15.0)
+
+
+class GradientsAtStepBegin(TrainerCallback):
+    """Whether the loss's parameters still hold a gradient when each optimizer step begins."""
+
+    def __init__(self):
+        self.leftover = []
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.leftover.append([p.grad is not None for p in optimizer.param_groups[-1]["params"]])
+
+
+@pytest.mark.parametrize("accumulation", ["1", "2"])
+def test_each_step_starts_with_no_loss_parameter_gradient(tiny_model_dir, tmp_path, data_dir, accumulation):
+    """Trainer clears the model's gradients after each step (model.zero_grad()); the loss's parameters are outside
+    the model, so the trainer clears theirs too — else every step would apply the sum of all past gradients."""
+    grab = GradientsAtStepBegin()
+    train(LOGLOSS, tiny_overrides(str(tiny_model_dir), tmp_path / "o", "--max_steps", "3",
+                                  "--gradient_accumulation_steps", accumulation, "--per_device_train_batch_size", "4",
+                                  "--loss_kwargs", "{temperature: 0.05, bias: -15.0, learnable: true}"),
+          callbacks=[grab])
+    assert grab.leftover == [[False, False]] * 3

@@ -131,3 +131,30 @@ def test_resuming_a_checkpoint_of_other_lora_settings_fails_in_one_line(tiny_mod
                                          "--resume_from_checkpoint", "true")])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and message in errors[0], errors
+
+
+@pytest.mark.slow
+def test_two_process_lora_run_with_learnable_loss_resumes_to_the_uninterrupted_adapter_and_loss_values(
+        dropout_model_dir, tmp_path, data_dir):
+    """Both at once under `accelerate launch` with 2 gloo processes: DDP-wrapped peft model, the loss's parameters
+    outside it (gradients averaged over ranks by their own hook), one RNG state per rank."""
+    from tests.test_ddp_training import launch_command, run
+
+    def launch(out, *hooks, expect=0, resume=()):
+        return run(launch_command("--record-loss-parameters", str(out / "loss-values"), *hooks, LOGLOSS,
+                                  *tiny_overrides(dropout_model_dir, out, "--max_steps", "5", "--learning_rate", "0.05",
+                                                  "--bf16", "false", "--save_strategy", "steps", "--save_steps", "2",
+                                                  "--lora", LORA, "--loss_kwargs",
+                                                  "{temperature: 0.05, bias: -15.0, learnable: true}", *resume)),
+                   expect=expect)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    launch(straight)
+    assert "simulated kill after step 2" in launch(killed, "--kill-after-step", "2", expect=1).stderr
+    launch(killed, resume=("--resume_from_checkpoint", "true"))
+    assert_same_tensors(load_file(straight / "adapter_model.safetensors"), load_file(killed / "adapter_model.safetensors"))
+    values = [[json.loads((out / "loss-values" / f"loss-rank{r}.json").read_text()) for r in (0, 1)]
+              for out in (straight, killed)]
+    assert values[0][0] == values[0][1] and values[0][0][1] != pytest.approx(-15.0)
+    assert values[1][0] == values[1][1]
+    assert values[1][0] == pytest.approx(values[0][0], rel=0, abs=1e-6)
