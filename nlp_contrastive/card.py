@@ -43,7 +43,6 @@ CARD_MARKER = "<!-- nlp-contrastive model card; model id: {model_id} -->"
 CARD_MARKER_RE = re.compile(r"<!-- nlp-contrastive model card; model id: (.*?) -->")
 PLACEHOLDER_NOTE = (f"\n\nReplace `{MODEL_ID_PLACEHOLDER}` with the hub id of this model, or with the path of "
                      "its folder.")
-_SECRET_KEY_RE = re.compile(r"(^|_)(token|password|secret|api_key)$", re.IGNORECASE)
 # results_meta "type" -> (model-index task.type, task.name): the names sentence-transformers' cards use.
 _TASKS = {
     "sts": ("semantic-similarity", "Semantic Similarity"),
@@ -328,7 +327,12 @@ def _training_details(run: RunRecord) -> str:
             text += f" with these parameters:\n\n```json\n{json.dumps(loss.config, indent=4, default=str)}\n```"
         parts.append(text)
     if run.recipe:
-        recipe = yaml.safe_dump(_plain(run.recipe), sort_keys=False, allow_unicode=True).rstrip()
+        # Imported here: config pulls in transformers, and importing the card module stays light (like
+        # card_usage's lookups).
+        from nlp_contrastive.config import plain_values
+
+        recipe = yaml.safe_dump(plain_values(run.recipe, redact=True), sort_keys=False,
+                                allow_unicode=True).rstrip()
         parts.append("### Recipe\n\nThe resolved recipe (YAML file + command-line overrides):\n\n"
                      f"<details><summary>Click to expand</summary>\n\n```yaml\n{recipe}\n```\n\n</details>")
     parts.append(_section(_hardware_and_time, run))
@@ -386,15 +390,3 @@ def _format_duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d} ({seconds:.0f} s)"
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ish data safe for yaml.safe_dump (tuples, paths, objects -> lists / strings); secrets redacted."""
-    if isinstance(value, dict):
-        return {str(k): "<redacted>" if _SECRET_KEY_RE.search(str(k)) and v is not None else _plain(v)
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -391,17 +392,25 @@ def recipe_as_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
             entries = {k: v for k, v in obj.to_dict().items() if k in always or v != defaults.get(k, v)}
         else:
             entries = dataclasses.asdict(obj)
-        out[section] = {k: _plain(v) for k, v in entries.items()}
+        out[section] = {k: plain_values(v) for k, v in entries.items()}
     return out
 
 
-def _plain(value: Any) -> Any:
+SECRET_KEY_RE = re.compile(r"(^|_)(token|password|secret|api_key)$", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def plain_values(value: Any, *, redact: bool = False) -> Any:
+    """JSON/YAML-friendly copy (dict keys -> str, tuples -> lists, other objects -> str), for printing the
+    recipe and for model cards; `redact` replaces the value of any set secret-looking key (hub_token, ...) at
+    any depth, so a published card never carries a credential."""
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): REDACTED if redact and v is not None and SECRET_KEY_RE.search(str(k))
+                else plain_values(v, redact=redact) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_values(v, redact=redact) for v in value]
     return str(value)
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from nlp_contrastive.config import load_recipe, parse_overrides
+from nlp_contrastive.config import load_recipe, parse_overrides, plain_values
 
 
 def write(tmp_path, text):
@@ -51,3 +51,18 @@ def test_bf16_recipe_runs_on_a_cpu_only_machine(tmp_path):
 
     if not torch.cuda.is_available():
         assert recipe.training.use_cpu is True
+
+
+def test_plain_values_makes_yaml_friendly_data_and_redacts_only_when_asked():
+    from pathlib import Path
+
+    value = {"model": {"name": Path("/m"), "dims": (64, 32)}, 1: None,
+             "training": {"hub_token": "hf_x", "push_token": None, "max_tokens": 5,
+                          "nested": [{"DB_PASSWORD": "pw", "api_key": "k", "tokenizer": "t"}]}}
+    assert plain_values(value) == {
+        "model": {"name": "/m", "dims": [64, 32]}, "1": None,
+        "training": {"hub_token": "hf_x", "push_token": None, "max_tokens": 5,
+                     "nested": [{"DB_PASSWORD": "pw", "api_key": "k", "tokenizer": "t"}]}}
+    assert plain_values(value, redact=True)["training"] == {
+        "hub_token": "<redacted>", "push_token": None, "max_tokens": 5,  # unset secrets stay visible as unset
+        "nested": [{"DB_PASSWORD": "<redacted>", "api_key": "<redacted>", "tokenizer": "t"}]}
