@@ -419,7 +419,8 @@ def derived_numbers(recipe: Recipe, train_rows: int, batches_per_epoch: int, har
                     source_rows: list[int] | None = None) -> dict[str, Any]:
     """What the recipe implies: processes, global batch, optimizer steps (from the sampler's real number of
     batches per epoch, rounded as the Trainer rounds it), negatives per query (InfoNCE), and with
-    multi_dataset_sampling the batches per epoch from each source (`source_rows`: rows of each train_data entry)."""
+    multi_dataset_sampling the expected batches per epoch from each source (`source_rows`: rows of each
+    train_data entry; the steps still come from the real count)."""
     args = recipe.training
     world = args.world_size
     per_step = args.per_device_train_batch_size * world
@@ -432,7 +433,6 @@ def derived_numbers(recipe: Recipe, train_rows: int, batches_per_epoch: int, har
                                         weights=recipe.data.source_weights,
                                         temperature=recipe.data.sampling_temperature,
                                         drop_last=args.dataloader_drop_last)
-        batches_per_epoch = round(sum(per_source))
     updates_per_epoch = max(math.ceil(batches_per_epoch / args.gradient_accumulation_steps), 1)
     steps = args.max_steps if args.max_steps > 0 else math.ceil(updates_per_epoch * args.num_train_epochs)
     numbers = {"processes": world, "train_rows": train_rows, "global_batch_size": global_batch,

@@ -355,12 +355,15 @@ def batch_sampler_factory(kind: str, multi_dataset_sampling: str | None = None, 
                           source_weights: Sequence[float] | None = None, sampling_temperature: float = 1.0):
     """None for the Trainer's own random sampler; else `factory(dataset, batch_size, args)` -> a rank-aware
     batch sampler (what ContrastiveTrainer calls when it builds its data loader). With `multi_dataset_sampling`,
-    every batch comes from one source (the dataset's `source` column) and `kind` runs inside each source."""
+    every batch comes from one source (the dataset's `source` column) and `kind` runs inside each source.
+
+    The factory serves one training set and keeps the sampler it built (see `_built_once`), so the start-up
+    print (`batches_per_epoch`) and the Trainer's data loader share one build."""
     check_batch_sampler(kind)
     if multi_dataset_sampling is None:
         if kind == "random":
             return None
-        return lambda dataset, batch_size, args: build_batch_sampler(kind, dataset, batch_size, args)
+        return _built_once(lambda dataset, batch_size, args: build_batch_sampler(kind, dataset, batch_size, args))
 
     from nlp_contrastive.multi_dataset import SOURCE_COLUMN, MultiDatasetBatchSampler
 
@@ -369,6 +372,23 @@ def batch_sampler_factory(kind: str, multi_dataset_sampling: str | None = None, 
         return MultiDatasetBatchSampler(
             dataset[SOURCE_COLUMN][:], batch_size, sampling=multi_dataset_sampling, weights=source_weights,
             temperature=sampling_temperature, inner=_inner_factory(kind, dataset, batch_size, common), **common)
+
+    return _built_once(factory)
+
+
+def _built_once(build: Callable[[Any, int, Any], _EpochBatchSampler]) -> Callable[[Any, int, Any], _EpochBatchSampler]:
+    """`build` that returns its last sampler again while rows, batch size, seed, drop_last and ranks are the same:
+    an epoch of no_duplicates / group_by_length batches reads every row's texts or token counts (0.3-0.4 s per
+    5k rows), and the sampler is deterministic in (seed, epoch), so one build serves the derived numbers printed
+    at start and the Trainer. Keyed on the row count, not the dataset object: the Trainer trains on a copy of the
+    same rows with a row-id column added. A new batch size (auto_find_batch_size) builds a new sampler."""
+    last: list[tuple[tuple, _EpochBatchSampler]] = []
+
+    def factory(dataset, batch_size: int, args) -> _EpochBatchSampler:
+        key = (len(dataset), batch_size, *_sampler_arguments(args).values())
+        if not last or last[0][0] != key:
+            last[:] = [(key, build(dataset, batch_size, args))]
+        return last[0][1]
 
     return factory
 
@@ -392,9 +412,12 @@ def _sampler_arguments(args: Any) -> dict:
             "drop_last": args.dataloader_drop_last, "num_replicas": args.world_size, "rank": args.process_index}
 
 
-def batches_per_epoch(kind: str, dataset: Any, batch_size: int, args: Any) -> int:
-    """Batches each process runs per epoch: what the Trainer's step count is built from (printed as derived)."""
-    sampler = build_batch_sampler(kind, dataset, batch_size, args)
+def batches_per_epoch(factory: Callable[[Any, int, Any], _EpochBatchSampler] | None, dataset: Any, batch_size: int,
+                      args: Any) -> int:
+    """Batches each process runs per epoch: what the Trainer's step count is built from (printed as derived).
+    `factory` is the one `batch_sampler_factory` gave the Trainer (None: the Trainer's random sampler), so the
+    count is the length of the very sampler the Trainer will use, built once."""
+    sampler = factory(dataset, batch_size, args) if factory is not None else None
     if sampler is not None:
         return len(sampler)
     per_step = batch_size * args.world_size  # accelerate shards the Trainer's batches over processes

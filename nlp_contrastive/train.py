@@ -65,8 +65,11 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
                                                   main_process_first=args.main_process_first)
     train_ds = data.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
                                    num_proc=recipe.data.tokenize_num_proc)
-    if args.should_log:
-        batches = sampling.batches_per_epoch(recipe.data.batch_sampler, train_ds, args.per_device_train_batch_size, args)
+    batch_sampler_factory = sampling.batch_sampler_factory(recipe.data.batch_sampler, multi,
+                                                           source_weights=recipe.data.source_weights,
+                                                           sampling_temperature=recipe.data.sampling_temperature)
+    if args.should_log:  # the sampler built here is the one the trainer gets from the factory
+        batches = sampling.batches_per_epoch(batch_sampler_factory, train_ds, args.per_device_train_batch_size, args)
         source_rows = list(np.bincount(train_ds["source"][:], minlength=len(sources))) if multi else None
         config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
                                                              train_data.hard_negatives_per_row(train_ds),
@@ -76,9 +79,7 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
         encoder, args, loss, train_dataset=train_ds,
         evaluator=training_evaluator(with_prompts(recipe.eval.eval_tasks, recipe.data.prompts),
                                      recipe.eval.eval_batch_size),
-        batch_sampler_factory=sampling.batch_sampler_factory(recipe.data.batch_sampler, multi,
-                                                             source_weights=recipe.data.source_weights,
-                                                             sampling_temperature=recipe.data.sampling_temperature),
+        batch_sampler_factory=batch_sampler_factory,
         single_forward=recipe.loss.single_forward, callbacks=callbacks,
     )
     with _tidy_on_failure(Path(args.output_dir), created=not output_dir_existed, main_process=args.should_save):

@@ -5,6 +5,7 @@ import re
 import pytest
 from transformers import TrainerCallback
 
+from nlp_contrastive import sampling
 from nlp_contrastive.train import train
 from tests.conftest import REPO_ROOT
 
@@ -17,12 +18,13 @@ class FinalStep(TrainerCallback):
 
 
 @pytest.mark.parametrize("epochs,accumulation", [(1, 1), pytest.param(2, 2, marks=pytest.mark.slow)])
-def test_printed_optimizer_steps_equal_the_steps_run(tiny_model_dir, tmp_path, data_dir, capsys, epochs,
-                                                     accumulation):
+def test_printed_optimizer_steps_equal_the_steps_run(tiny_model_dir, tmp_path, data_dir, capsys, monkeypatch,
+                                                     epochs, accumulation):
     """Issue 12: on the full paraphrase data (5,112 rows) at batch 1024, seed 42, the no-duplicates sampler made
     9 batches (..., 968, 40, 3, 3, 2) while 5 steps were printed; with accumulation the printed count also
     rounded differently from the Trainer."""
     final = FinalStep()
+    builds = count_builds(monkeypatch, sampling.NoDuplicatesBatchSampler)
     overrides = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "o"),
                  "--per_device_train_batch_size", "1024", "--num_train_epochs", str(epochs),
                  "--gradient_accumulation_steps", str(accumulation), "--seed", "42", "--bf16", "false",
@@ -31,6 +33,39 @@ def test_printed_optimizer_steps_equal_the_steps_run(tiny_model_dir, tmp_path, d
     assert train(INFONCE, overrides, callbacks=[final]) == 0
     printed = int(re.search(r"optimizer_steps: (\d+)", capsys.readouterr().out).group(1))
     assert printed == final.global_step == epochs * -(-5 // accumulation)  # 5 batches per epoch: 4 x 1024 + 1 short
+    assert len(builds) == 1  # the printed count and the Trainer's data loader share one sampler
+
+
+def test_multi_dataset_steps_are_the_samplers_real_count_and_it_is_built_once(tiny_model_dir, tmp_path, data_dir,
+                                                                              capsys, monkeypatch):
+    """41 + 25 rows at batch 8, group_by_length inside each source: each source's 1-row remainder is left out
+    (fewer than 2 rows), so an epoch is 5 + 3 batches, not the 6 + 4 the per-source estimate gives."""
+    from nlp_contrastive.multi_dataset import MultiDatasetBatchSampler
+    from tests.test_trainer import tiny_overrides
+
+    final = FinalStep()
+    builds = count_builds(monkeypatch, MultiDatasetBatchSampler)
+    sources = ("[{dataset: stsb, split: train, max_rows: 41, columns: {anchor: sentence1, positive: sentence2}}, "
+               "{dataset: sickr, split: train, max_rows: 25, columns: {anchor: sentence1, positive: sentence2}}]")
+    overrides = tiny_overrides(str(tiny_model_dir), tmp_path / "o", "--train_data", sources, "--max_train_rows",
+                               "null", "--multi_dataset_sampling", "round_robin", "--batch_sampler",
+                               "group_by_length", "--num_train_epochs", "2", "--bf16", "false")
+    assert train(INFONCE, overrides, callbacks=[final]) == 0
+    printed = int(re.search(r"optimizer_steps: (\d+)", capsys.readouterr().out).group(1))
+    assert printed == final.global_step == 2 * (5 + 3)
+    assert len(builds) == 1
+
+
+def count_builds(monkeypatch, cls) -> list:
+    """Record every construction of sampler class `cls` (one entry each)."""
+    builds, original = [], cls.__init__
+
+    def init(self, *args, **kwargs):
+        builds.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__init__", init)
+    return builds
 
 
 @pytest.mark.slow
