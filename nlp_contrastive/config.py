@@ -196,11 +196,11 @@ def check_recipe(recipe: Recipe) -> None:
     """Every check that needs no model and no data: sources, sampler, loss and its kwargs against the roles the
     sources map, evaluation settings."""
     from nlp_contrastive.evaluation.suite import check_tasks
-    from nlp_contrastive.losses.build import build_loss, check_loss_roles
+    from nlp_contrastive.losses.build import build_loss
     from nlp_contrastive.multi_dataset import check_multi_dataset_sampling
     from nlp_contrastive.sampling import check_batch_sampler
-    from nlp_contrastive.teacher import check_distillation, distillation_roles
-    from nlp_contrastive.train_data import check_prompts, check_source_roles, train_source
+    from nlp_contrastive.teacher import check_distillation
+    from nlp_contrastive.train_data import check_prompts, train_source
 
     args = recipe.training
     check_numbers(recipe)
@@ -217,19 +217,7 @@ def check_recipe(recipe: Recipe) -> None:
     check_loss_kwargs(recipe.loss.loss, recipe.loss.loss_kwargs)
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs)
     check_distillation(recipe, loss)
-    check_source_losses(recipe, sources)
-    roles = [distillation_roles(source.columns, spec, recipe.loss.teacher)
-             for source, spec in zip(sources, recipe.data.train_data, strict=True)]
-    if roles:
-        check_source_roles(roles, one_source_per_batch=recipe.data.multi_dataset_sampling is not None)
-    for i, own in enumerate(roles):
-        if i and not recipe.has_source_losses() and set(own) == set(roles[0]):
-            continue  # the same loss on the same roles: checked once
-        name, kwargs = recipe.source_loss(i)
-        batch = args.per_device_train_batch_size * (args.world_size if recipe.loss_gathers(i) else 1)
-        where = f"train_data[{i}]" if len(roles) > 1 else "train_data"
-        check_loss_roles(build_loss(name, kwargs) if recipe.has_source_losses() else loss, name, own,
-                         batch_size=batch, where=where)
+    check_source_losses(recipe, sources, loss)
     eval_strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
     if eval_strategy != "no" and not recipe.eval.eval_tasks:
         raise ValueError(f"eval_strategy is '{eval_strategy}' but eval_tasks is empty: add "
@@ -239,24 +227,38 @@ def check_recipe(recipe: Recipe) -> None:
     check_tasks(recipe.eval.final_eval_tasks, "final_eval_tasks")
 
 
-def check_source_losses(recipe: Recipe, sources: list) -> None:
-    """A source's own `loss` / `loss_kwargs` need batches of one source each, and a loss that exists with valid
-    kwargs (every source's loss is built once here, before any model loads)."""
-    from nlp_contrastive.losses.build import build_loss
+def check_source_losses(recipe: Recipe, sources: list, loss) -> None:
+    """Each source's loss (`loss`, the recipe's, or the source's own `loss` / `loss_kwargs`, which need batches of
+    one source each) exists with valid kwargs and finds the roles it needs in that source; with one source per
+    batch, sources may map different value / list roles."""
+    from nlp_contrastive.losses.build import build_loss, check_loss_roles
+    from nlp_contrastive.teacher import distillation_roles
+    from nlp_contrastive.train_data import check_source_roles
 
-    if not recipe.has_source_losses():
-        return
-    if recipe.data.multi_dataset_sampling is None:
+    own_losses = recipe.has_source_losses()
+    if own_losses and recipe.data.multi_dataset_sampling is None:
         i = next(i for i, spec in enumerate(recipe.data.train_data) if "loss" in spec or "loss_kwargs" in spec)
         raise ValueError(f"train_data[{i}] sets its own loss, which needs every batch from one source: set "
                          "multi_dataset_sampling: proportional (or round_robin, weighted, temperature)")
-    for i in range(len(sources)):
+    roles = [distillation_roles(source.columns, spec, recipe.loss.teacher)
+             for source, spec in zip(sources, recipe.data.train_data, strict=True)]
+    if roles:
+        check_source_roles(roles, one_source_per_batch=recipe.data.multi_dataset_sampling is not None)
+    for i, own in enumerate(roles):
         name, kwargs = recipe.source_loss(i)
-        try:
-            check_loss_kwargs(name, kwargs)
-            build_loss(name, kwargs)
-        except ValueError as exc:
-            raise ValueError(f"train_data[{i}]: {exc}") from None
+        source_loss = loss
+        if own_losses:
+            try:
+                check_loss_kwargs(name, kwargs)
+                source_loss = build_loss(name, kwargs)
+            except ValueError as exc:
+                raise ValueError(f"train_data[{i}]: {exc}") from None
+        elif i and set(own) == set(roles[0]):
+            continue  # the same loss on the same roles: checked once
+        batch = recipe.training.per_device_train_batch_size * (
+            recipe.training.world_size if recipe.loss_gathers(i) else 1)
+        check_loss_roles(source_loss, name, own, batch_size=batch,
+                         where=f"train_data[{i}]" if len(roles) > 1 else "train_data")
 
 
 def check_numbers(recipe: Recipe) -> None:
