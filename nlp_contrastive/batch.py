@@ -38,6 +38,10 @@ _OPTIONAL_ARGUMENTS = frozenset(_TEXT_ID_ARGUMENTS.values())
 Features = dict[str, torch.Tensor]
 # Optional dataset column with each row's index; collated as the batch's `row_ids` so errors can name the rows.
 ROW_ID = "row_id"
+# With multi_dataset_sampling: the train_data index of each row, collated as the batch's `source` ([B], one value
+# per batch) so the trainer can use that source's loss. A role a source does not map is None ([] for list roles)
+# in its rows, and left out of its batches.
+SOURCE_COLUMN = "source"
 
 
 def token_column(role: str) -> str:
@@ -151,10 +155,11 @@ class BatchCollator:
         batch = Batch(features={})
         for role in TEXT_ROLES:
             column = token_column(role)
-            if column not in rows[0]:
+            if column not in rows[0] or rows[0].get(role, "") is None:
                 continue
             if role == "known_positives":
-                batch.text_hashes[role] = _padded_hashes([row[column] for row in rows])
+                if any(row[column] for row in rows):
+                    batch.text_hashes[role] = _padded_hashes([row[column] for row in rows])
                 continue
             if role == "negatives":
                 sequences = [ids for row in rows for ids in row[column]]
@@ -166,14 +171,15 @@ class BatchCollator:
             batch.features[role] = self.pad(sequences)
             batch.text_hashes[role] = torch.tensor([text_hash(s) for s in sequences], dtype=torch.long)
         for name in VALUE_ROLES:
-            if name in rows[0]:
+            if rows[0].get(name) is not None:
                 batch.values[name] = torch.tensor([float(row[name]) for row in rows], dtype=torch.float32)
         for name in VECTOR_ROLES:
-            if name in rows[0]:
+            if rows[0].get(name) is not None:
                 batch.values[name] = padded_vectors([row[name] for row in rows])
         inputs = batch.as_inputs()
-        if ROW_ID in rows[0]:
-            inputs["row_ids"] = torch.tensor([row[ROW_ID] for row in rows], dtype=torch.long)
+        for column, key in ((ROW_ID, "row_ids"), (SOURCE_COLUMN, SOURCE_COLUMN)):
+            if column in rows[0]:
+                inputs[key] = torch.tensor([row[column] for row in rows], dtype=torch.long)
         return inputs
 
     def pad(self, sequences: list[list[int]]) -> Features:

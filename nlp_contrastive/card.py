@@ -160,7 +160,7 @@ def _card_metadata(run: RunRecord, results: dict, results_meta: dict, name: str)
     loss_name = run.loss.name
     metadata: dict[str, Any] = {
         "tags": ["sentence-transformers", "sentence-similarity", "feature-extraction", "nlp-contrastive"]
-        + ([f"loss:{loss_name}"] if loss_name else []),
+        + [f"loss:{name}" for name in (loss_name or "").split(" + ") if name],
         "library_name": "sentence-transformers",
         "pipeline_tag": "sentence-similarity",
     }
@@ -315,6 +315,8 @@ def _training_details(run: RunRecord) -> str:
             lines.append(f"- Columns (role = column): {roles}")
         if dataset.filter:
             lines.append(f"- Filter: `{dataset.filter}`")
+        if dataset.loss:
+            lines.append(f"- Loss for its batches: `{dataset.loss}`")
         parts.append("\n".join(lines))
     if _is_number(run.train_rows):
         parts.append(f"Training rows after loading and filtering: {int(run.train_rows):,}")

@@ -134,9 +134,24 @@ class Recipe:
     source: str | None = None
     precision: PrecisionChoice | None = None  # how `bf16` (auto by default) was resolved, and why
 
-    def loss_gathers(self) -> bool:
-        """Whether in-batch negatives come from all processes (a loss_kwargs switch of info_nce)."""
-        return bool(self.loss.loss_kwargs.get("gather_across_devices", False))
+    def loss_gathers(self, source: int | None = None) -> bool:
+        """Whether in-batch negatives come from all processes (a loss_kwargs switch of info_nce), for the recipe's
+        loss or for the loss of train_data[source]."""
+        kwargs = self.loss.loss_kwargs if source is None else self.source_loss(source)[1]
+        return bool(kwargs.get("gather_across_devices", False))
+
+    def has_source_losses(self) -> bool:
+        """Whether a train_data entry sets its own `loss` / `loss_kwargs`."""
+        return any(isinstance(spec, dict) and ("loss" in spec or "loss_kwargs" in spec)
+                   for spec in self.data.train_data)
+
+    def source_loss(self, source: int) -> tuple[str, dict]:
+        """(loss name, loss_kwargs) for batches of train_data[source]: its own `loss` with its own `loss_kwargs`
+        (none by default); its `loss_kwargs` alone override the recipe's loss_kwargs key by key."""
+        spec = self.data.train_data[source]
+        if "loss" in spec and spec["loss"] != self.loss.loss:
+            return spec["loss"], dict(spec.get("loss_kwargs") or {})
+        return self.loss.loss, {**self.loss.loss_kwargs, **(spec.get("loss_kwargs") or {})}
 
 
 def valid_keys() -> dict[str, type]:
@@ -182,10 +197,10 @@ def check_recipe(recipe: Recipe) -> None:
     """Every check that needs no model and no data: sources, sampler, loss and its kwargs against the roles the
     sources map, evaluation settings."""
     from nlp_contrastive.evaluation.suite import check_tasks
-    from nlp_contrastive.losses.build import build_loss, check_loss_roles
+    from nlp_contrastive.losses.build import build_loss
     from nlp_contrastive.multi_dataset import check_multi_dataset_sampling
     from nlp_contrastive.sampling import check_batch_sampler
-    from nlp_contrastive.teacher import check_distillation, distillation_roles
+    from nlp_contrastive.teacher import check_distillation
     from nlp_contrastive.train_data import check_prompts, train_source
 
     args = recipe.training
@@ -203,10 +218,7 @@ def check_recipe(recipe: Recipe) -> None:
     check_loss_kwargs(recipe.loss.loss, recipe.loss.loss_kwargs)
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs)
     check_distillation(recipe, loss)
-    if sources:
-        batch = args.per_device_train_batch_size * (args.world_size if recipe.loss_gathers() else 1)
-        roles = distillation_roles(sources[0].columns, recipe.data.train_data[0], recipe.loss.teacher)
-        check_loss_roles(loss, recipe.loss.loss, roles, batch_size=batch)
+    check_source_losses(recipe, sources, loss)
     eval_strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
     if eval_strategy != "no" and not recipe.eval.eval_tasks:
         raise ValueError(f"eval_strategy is '{eval_strategy}' but eval_tasks is empty: add "
@@ -214,6 +226,40 @@ def check_recipe(recipe: Recipe) -> None:
                          "or set eval_strategy: 'no' (and load_best_model_at_end: false)")
     check_tasks(recipe.eval.eval_tasks, "eval_tasks")
     check_tasks(recipe.eval.final_eval_tasks, "final_eval_tasks")
+
+
+def check_source_losses(recipe: Recipe, sources: list, loss) -> None:
+    """Each source's loss (`loss`, the recipe's, or the source's own `loss` / `loss_kwargs`, which need batches of
+    one source each) exists with valid kwargs and finds the roles it needs in that source; with one source per
+    batch, sources may map different value / list roles."""
+    from nlp_contrastive.losses.build import build_loss, check_loss_roles
+    from nlp_contrastive.teacher import distillation_roles
+    from nlp_contrastive.train_data import check_source_roles
+
+    own_losses = recipe.has_source_losses()
+    if own_losses and recipe.data.multi_dataset_sampling is None:
+        i = next(i for i, spec in enumerate(recipe.data.train_data) if "loss" in spec or "loss_kwargs" in spec)
+        raise ValueError(f"train_data[{i}] sets its own loss, which needs every batch from one source: set "
+                         "multi_dataset_sampling: proportional (or round_robin, weighted, temperature)")
+    roles = [distillation_roles(source.columns, spec, recipe.loss.teacher)
+             for source, spec in zip(sources, recipe.data.train_data, strict=True)]
+    if roles:
+        check_source_roles(roles, one_source_per_batch=recipe.data.multi_dataset_sampling is not None)
+    for i, own in enumerate(roles):
+        name, kwargs = recipe.source_loss(i)
+        source_loss = loss
+        if own_losses:
+            try:
+                check_loss_kwargs(name, kwargs)
+                source_loss = build_loss(name, kwargs)
+            except ValueError as exc:
+                raise ValueError(f"train_data[{i}]: {exc}") from None
+        elif i and set(own) == set(roles[0]):
+            continue  # the same loss on the same roles: checked once
+        batch = recipe.training.per_device_train_batch_size * (
+            recipe.training.world_size if recipe.loss_gathers(i) else 1)
+        check_loss_roles(source_loss, name, own, batch_size=batch,
+                         where=f"train_data[{i}]" if len(roles) > 1 else "train_data")
 
 
 def check_numbers(recipe: Recipe) -> None:
@@ -439,12 +485,24 @@ def derived_numbers(recipe: Recipe, train_rows: int, batches_per_epoch: int, har
                "optimizer_steps": steps}
     if per_source is not None:
         numbers["batches_per_epoch_per_source"] = {f"train_data[{i}]": n for i, n in enumerate(per_source)}
-    if recipe.loss.loss == "info_nce":
-        in_batch = per_step if recipe.loss_gathers() else args.per_device_train_batch_size
+    gathers = recipe.loss_gathers() if recipe.loss.loss == "info_nce" else None  # None: no info_nce loss
+    if recipe.has_source_losses():
+        settings = [recipe.source_loss(i) for i in range(len(recipe.data.train_data))]
+        numbers["loss_per_source"] = {f"train_data[{i}]": describe_loss(name, kwargs)
+                                      for i, (name, kwargs) in enumerate(settings)}
+        gathers = next((recipe.loss_gathers(i) for i, (name, _) in enumerate(settings) if name == "info_nce"), None)
+    if gathers is not None:  # with per-source losses: of the first info_nce source
+        in_batch = per_step if gathers else args.per_device_train_batch_size
         hard = hard_negatives_per_row
         numbers["negatives_per_query"] = f"{in_batch - 1} in-batch + up to {hard} hard x {in_batch} rows" if hard \
             else in_batch - 1
     return numbers
+
+
+def describe_loss(name: str, kwargs: dict) -> str:
+    """`info_nce (temperature=0.05)`: a loss and its kwargs on one line."""
+    settings = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    return f"{name} ({settings})" if settings else name
 
 
 def print_resolved(recipe: Recipe, numbers: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ class SourceRecord:
     columns: dict[str, str] = field(default_factory=dict)
     filter: str | None = None
     rows: int | None = None
+    loss: str | None = None  # with per-source losses: this source's, e.g. "info_nce (temperature=0.05)"
 
 
 @dataclass
@@ -93,20 +94,18 @@ def build_run_record(recipe, loss, source_rows: list[int], train_rows: int, trai
 
     import datasets
 
-    from nlp_contrastive.config import recipe_as_dict
-    from nlp_contrastive.losses.build import base_loss
+    from nlp_contrastive.config import describe_loss, recipe_as_dict
     from nlp_contrastive.modeling import library_versions
 
-    inner = base_loss(loss)
+    per_source = recipe.has_source_losses()
     sources = [SourceRecord(name=str(spec.get("dataset")), split=spec.get("split", "train"),
-                            columns=dict(spec.get("columns", {})), filter=spec.get("filter"), rows=rows)
-               for spec, rows in zip(recipe.data.train_data, source_rows, strict=True)]
+                            columns=dict(spec.get("columns", {})), filter=spec.get("filter"), rows=rows,
+                            loss=describe_loss(*recipe.source_loss(i)) if per_source else None)
+               for i, (spec, rows) in enumerate(zip(recipe.data.train_data, source_rows, strict=True))]
     metrics = getattr(train_output, "metrics", {}) or {}
-    config = getattr(inner, "get_config_dict", None)
     return RunRecord(
         base_model=recipe.model.model_name_or_path, datasets=sources, train_rows=train_rows,
-        loss=LossRecord(name=type(inner).__name__, config=config() if callable(config) else {},
-                        citation=getattr(inner, "citation", None), cached=recipe.loss.cached),
+        loss=loss_record(loss, cached=recipe.loss.cached),
         recipe=recipe_as_dict(recipe),
         hardware=hardware_summary(str(recipe.training.device), recipe.training.world_size),
         precision=recipe.precision.to_dict() if recipe.precision else {},
@@ -116,6 +115,22 @@ def build_run_record(recipe, loss, source_rows: list[int], train_rows: int, trai
         library_versions=library_versions() | {"datasets": datasets.__version__},
         log_history=log_history,
     )
+
+
+def loss_record(loss, *, cached: bool) -> LossRecord:
+    """The loss trained with; per-source losses (`SourceLosses`) as their class names joined by " + " (each
+    source's own settings are on its SourceRecord) and their citations one after the other."""
+    from nlp_contrastive.losses.build import SourceLosses, base_loss
+
+    if isinstance(loss, SourceLosses):
+        inners = [base_loss(m) for m in loss.losses]
+        names = list(dict.fromkeys(type(m).__name__ for m in inners))
+        citations = list(dict.fromkeys(c.strip() for m in inners if (c := getattr(m, "citation", None))))
+        return LossRecord(name=" + ".join(names), citation="\n\n".join(citations) or None, cached=cached)
+    inner = base_loss(loss)
+    config = getattr(inner, "get_config_dict", None)
+    return LossRecord(name=type(inner).__name__, config=config() if callable(config) else {},
+                      citation=getattr(inner, "citation", None), cached=cached)
 
 
 def _subrecord(cls, raw: Mapping) -> Any:

@@ -17,7 +17,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from nlp_contrastive import config, data, sampling, student, teacher, train_data
-from nlp_contrastive.losses.build import build_loss
+from nlp_contrastive.losses.build import build_recipe_loss
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.run_record import CURVES_FILE, build_run_record, plot_training_curves, write_results
 
@@ -51,9 +51,7 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     set_seed(args.seed)  # LoRA adapters are initialised randomly when built (Trainer seeds again later)
     output_dir_existed = Path(args.output_dir).exists()
     encoder = build_encoder(recipe.model)
-    loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs, cached=recipe.loss.cached,
-                      cache_mini_batch_size=recipe.loss.cache_mini_batch_size,
-                      cache_max_tokens=recipe.loss.cache_max_tokens)
+    loss = build_recipe_loss(recipe)  # one loss, or one per train_data source (losses.build.SourceLosses)
     encoder.matryoshka_dims = check_matryoshka_dims(loss, encoder.dimension)
     encoder.prompts.update(saved_prompts(recipe.data.prompts))
     sources = train_data.build_train_sources(recipe.data.train_data, prompts=recipe.data.prompts)

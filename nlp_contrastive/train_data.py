@@ -7,15 +7,19 @@ from collections.abc import Mapping, Sequence
 
 import datasets
 
-from nlp_contrastive.batch import EMBEDDED_ROLES, LIST_ROLES, ROLES
+from nlp_contrastive.batch import EMBEDDED_ROLES, LIST_ROLES, ROLES, SOURCE_COLUMN
 from nlp_contrastive.data import filter_rows, group_pairs, load_split, parse_condition, select_roles
 from nlp_contrastive.sources import Source, is_beir_folder
 from nlp_contrastive.teacher import check_scores_key, check_teacher_scores, join_score_columns
 
 # Besides the common source keys (nlp_contrastive.sources): `group_pairs`, `prompts`, and `layout: beir` for a
 # BEIR dataset (corpus, queries, qrels) given as a hub id; a local BEIR folder is recognised by itself;
-# `teacher_scores: [positive_score, negative_scores]` joins score columns into each row's teacher scores [1 + K].
-TRAIN_KEYS = ("group_pairs", "layout", "prompts", "teacher_scores")
+# `teacher_scores: [positive_score, negative_scores]` joins score columns into each row's teacher scores [1 + K];
+# with multi_dataset_sampling, `loss` / `loss_kwargs` train that source's batches with its own loss.
+TRAIN_KEYS = ("group_pairs", "layout", "prompts", "teacher_scores", "loss", "loss_kwargs")
+# Roles a source may lack next to sources that map them (with multi_dataset_sampling): its rows get None ([] for a
+# list) and its batches leave the role out. A single text role cannot be left empty (every text is tokenized).
+FILLABLE_ROLES = tuple(r for r in ROLES if r not in EMBEDDED_ROLES or r in LIST_ROLES)
 PROMPT_ROLES = EMBEDDED_ROLES  # texts that are embedded take prompts
 
 
@@ -33,6 +37,11 @@ def train_source(spec: Mapping, position: int) -> Source:
     if not source.columns:
         raise ValueError(f"{where} needs 'columns' ({{role: column}}), e.g. {{anchor: sentence1, positive: sentence2}}")
     check_prompts(spec.get("prompts"), f"{where} prompts")
+    if "loss" in spec and not (isinstance(spec["loss"], str) and spec["loss"]):
+        raise ValueError(f"{where}: loss must be a loss name such as info_nce, got {spec['loss']!r}")
+    if not isinstance(spec.get("loss_kwargs", {}), Mapping):
+        raise ValueError(f"{where}: loss_kwargs must be a mapping, e.g. {{temperature: 0.05}}, "
+                         f"got {spec['loss_kwargs']!r}")
     if spec.get("teacher_scores") is not None:
         check_scores_key(spec["teacher_scores"], where)
         if "teacher_scores" in source.columns:
@@ -81,19 +90,34 @@ def apply_prompts(ds: datasets.Dataset, prompts: Mapping[str, str]) -> datasets.
 
 def build_train_sources(specs: Sequence[Mapping], *, prompts: Mapping[str, str] | None = None
                         ) -> list[datasets.Dataset]:
-    """Load, filter, group and role-map every source of a recipe's `train_data` (same roles in each), with the
-    recipe's `prompts` (and each source's own) prepended to the texts."""
+    """Load, filter, group and role-map every source of a recipe's `train_data`, with the recipe's `prompts` (and
+    each source's own) prepended to the texts. Their roles are checked when they are joined (`concatenate`)."""
     if not specs:
         raise ValueError("train_data is empty: add at least one source, e.g. "
                          "[{dataset: stsb, columns: {anchor: sentence1, positive: sentence2, score: score}}]")
-    parts = [apply_prompts(_build_source(spec, i), role_prompts(prompts, spec.get("prompts")))
-             for i, spec in enumerate(specs)]
-    roles = set(parts[0].column_names)
-    for i, part in enumerate(parts[1:], start=1):
-        if set(part.column_names) != roles:
-            raise ValueError(f"train_data[{i}] maps roles {sorted(part.column_names)} but train_data[0] maps "
-                             f"{sorted(roles)}: give every source the same roles")
-    return parts
+    return [apply_prompts(_build_source(spec, i), role_prompts(prompts, spec.get("prompts")))
+            for i, spec in enumerate(specs)]
+
+
+def check_source_roles(roles: Sequence[Sequence[str]], *, one_source_per_batch: bool) -> None:
+    """Mixed batches need the same roles in every source; with one source per batch (multi_dataset_sampling) a
+    source may lack a value or list role (score, label, negatives, ...) that another maps, not a single text."""
+    first = set(roles[0])
+    for i, own in enumerate(roles[1:], start=1):
+        if set(own) == first:
+            continue
+        if not one_source_per_batch:
+            raise ValueError(f"train_data[{i}] maps roles {sorted(own)} but train_data[0] maps {sorted(first)}: give "
+                             "every source the same roles, or set multi_dataset_sampling: proportional (every "
+                             "batch from one source)")
+    if one_source_per_batch:
+        every = set().union(*map(set, roles))
+        for i, own in enumerate(roles):
+            lacking = sorted(r for r in every - set(own) if r not in FILLABLE_ROLES)
+            if lacking:
+                raise ValueError(f"train_data[{i}] lacks text role(s) {lacking} that another source maps: map the same "
+                                 "single-text roles in every source (hard negatives can be a `negatives` list, "
+                                 "which a source without them leaves empty)")
 
 
 def beir_pairs(source: str, split: str) -> datasets.Dataset:
@@ -114,13 +138,33 @@ def hard_negatives_per_row(ds: datasets.Dataset) -> int:
 def concatenate(parts: Sequence[datasets.Dataset], *, max_rows: int | None = None,
                 keep_sources: bool = False) -> datasets.Dataset:
     """One dataset of all sources; `keep_sources` adds a `source` column (the train_data index of each row) for
-    samplers that draw each batch from one source."""
+    samplers that draw each batch from one source, and then a role only some sources map is filled in the others
+    (None, or [] for a list role), which their batches leave out."""
+    check_source_roles([part.column_names for part in parts], one_source_per_batch=keep_sources)
     if keep_sources:
-        parts = [part.add_column("source", [i] * len(part)) for i, part in enumerate(parts)]
+        parts = [part.add_column(SOURCE_COLUMN, [i] * len(part)) for i, part in enumerate(parts)]
+        parts = _with_every_role(parts)
     ds = datasets.concatenate_datasets(list(parts)) if len(parts) > 1 else parts[0]
     if max_rows is not None:
         ds = ds.select(range(min(max_rows, len(ds))))
     return ds
+
+
+def _with_every_role(parts: Sequence[datasets.Dataset]) -> list[datasets.Dataset]:
+    """Each source with every column of any source (missing ones empty, typed as where they exist), same order."""
+    features: dict = {}
+    for part in parts:
+        for name, feature in part.features.items():
+            features.setdefault(name, feature)
+    out = []
+    for part in parts:
+        for name in features:
+            if name not in part.column_names:
+                empty = [[] if name in LIST_ROLES else None] * len(part)
+                part = part.add_column(name, empty, feature=features[name])
+        part = part.select_columns(list(features))
+        out.append(part if part.features == datasets.Features(features) else part.cast(datasets.Features(features)))
+    return out
 
 
 def build_train_dataset(specs: Sequence[Mapping], *, max_rows: int | None = None) -> datasets.Dataset:

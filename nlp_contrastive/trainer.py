@@ -22,9 +22,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from nlp_contrastive.batch import ROW_ID, Batch, BatchCollator
+from nlp_contrastive.batch import ROW_ID, SOURCE_COLUMN, Batch, BatchCollator
 from nlp_contrastive.distributed import average_gradients_across_ranks
 from nlp_contrastive.lora import LORA_ADAPTER_CONFIG, load_adapter_weights
+from nlp_contrastive.losses.build import SourceLosses
 from nlp_contrastive.losses.cached import CachedLoss, accelerator_sync
 from nlp_contrastive.modeling import Encoder
 
@@ -191,7 +192,8 @@ class ContrastiveTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=None, **kwargs)
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None) if self.is_deepspeed_enabled else None
-        if isinstance(loss, CachedLoss) and plugin is not None and plugin.zero_stage >= 2:
+        cached = any(isinstance(m, CachedLoss) for m in loss.modules())
+        if cached and plugin is not None and plugin.zero_stage >= 2:
             raise ValueError(f"cached: true (GradCache) cannot run under DeepSpeed ZeRO stage {plugin.zero_stage}: "
                              "ZeRO >= 2 reduces each gradient once per backward, GradCache backpropagates once per "
                              "mini-batch; use zero_stage: 1, DDP (recipes/accelerate/ddp.yaml) or FSDP")
@@ -251,12 +253,19 @@ class ContrastiveTrainer(Trainer):
         return optimizer
 
     # --------------------------------------------------------------------------------------------- loss
+    def loss_for(self, inputs: dict) -> nn.Module:
+        """The batch's loss: the one loss, or with per-source losses the one of the batch's source."""
+        if isinstance(self.loss, SourceLosses):
+            return self.loss.for_batch(inputs.get(SOURCE_COLUMN))
+        return self.loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = Batch.from_inputs(inputs)
-        if isinstance(self.loss, CachedLoss):  # embeds by itself, in mini-batches
-            loss = self.loss(model, batch, gradient_sync=accelerator_sync(self.accelerator, model))
+        loss_fn = self.loss_for(inputs)
+        if isinstance(loss_fn, CachedLoss):  # embeds by itself, in mini-batches
+            loss = loss_fn(model, batch, gradient_sync=accelerator_sync(self.accelerator, model))
         else:
-            loss = self.loss(**batch.loss_kwargs(batch.embed(model, self.single_forward), self.loss))
+            loss = loss_fn(**batch.loss_kwargs(batch.embed(model, self.single_forward), loss_fn))
         if model.training:
             loss = self.nonfinite_guard(loss, inputs)
         return (loss, {}) if return_outputs else loss
