@@ -41,7 +41,8 @@ def test_recipe_key_single_forward_takes_auto_true_false_and_rejects_other_value
     from tests.conftest import REPO_ROOT
 
     recipe = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")
-    assert load_recipe(recipe, ["--bf16", "false"]).loss.single_forward == "true"  # the default until auto is measured
+    assert load_recipe(recipe, ["--bf16", "false"]).loss.single_forward == "auto"  # the recipe's (measured, issue 13)
+    assert load_recipe(recipe, ["--bf16", "false", "--single_forward", "true"]).loss.single_forward == "true"
     assert load_recipe(recipe, ["--bf16", "false", "--single_forward", "auto"]).loss.single_forward == "auto"
     assert load_recipe(recipe, ["--bf16", "false", "--single_forward", "false"]).loss.single_forward == "false"
     assert load_recipe(recipe, ["--bf16", "false", "--single_forward", "true"]).loss.single_forward == "true"

@@ -21,7 +21,7 @@ from nlp_contrastive.train import train
 from tests.conftest import REPO_ROOT, make_tiny_encoder
 
 pytestmark = pytest.mark.slow
-INFONCE = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")  # batch_sampler: no_duplicates
+INFONCE = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")  # run with batch_sampler: no_duplicates (below)
 STEPS_PER_EPOCH = 3  # 48 rows, 2 processes x 8 = 16 per global batch
 
 
@@ -29,7 +29,8 @@ def overrides(model_dir: Path, output_dir: Path, per_device: int = 8, *extra: st
     return ["--model_name_or_path", str(model_dir), "--output_dir", str(output_dir), "--max_train_rows", "48",
             "--per_device_train_batch_size", str(per_device), "--num_train_epochs", "2", "--learning_rate", "1e-3",
             "--eval_tasks", "[]", "--final_eval_tasks", "[]", "--logging_steps", "1", "--use_cpu", "true",
-            "--bf16", "false", "--report_to", "none", "--save_strategy", "steps", "--save_steps", "2", *extra]
+            "--bf16", "false", "--report_to", "none", "--save_strategy", "steps", "--save_steps", "2",
+            "--batch_sampler", "no_duplicates", *extra]  # the recipe's no_duplicates_by_length: test_sampler_training
 
 
 def free_port() -> int:
