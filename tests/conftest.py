@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,6 +14,11 @@ os.environ.setdefault("NLPC_DATA_DIR", str(REPO_ROOT.parent / "shared" / "data")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# `accelerate launch` of 2 CPU processes on this machine (gloo), no mixed precision, no dynamo: append the script
+# (or "-m", "nlp_contrastive.train") and its arguments.
+TWO_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 def make_tiny_encoder(pooling: str = "mean", normalize: bool = False, seed: int = 0, hidden: int = 32,

@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from nlp_contrastive import losses
 from nlp_contrastive.losses import CosineSimilarityLoss
 from nlp_contrastive.train import main, train
-from tests.conftest import REPO_ROOT, make_tiny_encoder
+from tests.conftest import REPO_ROOT, TWO_PROCESSES, make_tiny_encoder
 
 TRAP_SCORE = 0.123  # the one row whose batch gives a NaN loss
 
@@ -256,8 +256,7 @@ def test_sigterm_to_an_accelerate_launch_of_two_processes_saves_one_checkpoint_a
     env = os.environ | {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
 
     def launch(out, *extra):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "nlp_contrastive.train",
+        cmd = [*TWO_PROCESSES, "-m", "nlp_contrastive.train",
                recipe, *sigterm_overrides(model_dir, out, *extra)]
         return subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from nlp_contrastive.multi_dataset import MultiDatasetBatchSampler, batches_per_source
 from nlp_contrastive.sampling import NoDuplicatesBatchSampler
 from nlp_contrastive.train import main
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TWO_PROCESSES
 from tests.test_trainer import tiny_overrides
 
 SOURCES = [0] * 50 + [1] * 23 + [2] * 13
@@ -122,8 +121,7 @@ def test_two_processes_two_epochs_one_source_per_global_batch(tiny_model_dir, tm
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     record = tmp_path / "seen"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+    cmd = [*TWO_PROCESSES, str(script),
            str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml"), str(record),
            *tiny_overrides(str(tiny_model_dir), tmp_path / "o", "--train_data", TWO_SOURCES, "--max_train_rows",
                            "null", "--multi_dataset_sampling", "proportional", "--num_train_epochs", "2",

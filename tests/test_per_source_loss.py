@@ -5,7 +5,6 @@ import functools
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from nlp_contrastive.losses.info_nce import InfoNCELoss
 from nlp_contrastive.losses.log_loss import LogLoss
 from nlp_contrastive.losses.pairwise import CosineSimilarityLoss
 from nlp_contrastive.train import main, train
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TWO_PROCESSES
 from tests.test_trainer import KillAt, tiny_overrides
 
 INFONCE = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")  # info_nce (temperature 0.05, not symmetric)
@@ -229,8 +228,7 @@ def test_two_processes_use_the_same_sources_loss_each_step(tiny_model_dir, tmp_p
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     record = tmp_path / "seen"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), INFONCE,
+    cmd = [*TWO_PROCESSES, str(script), INFONCE,
            str(record), *per_source_overrides(tiny_model_dir, tmp_path / "o", THREE_LOSSES, "--num_train_epochs", "2",
                                               "--per_device_train_batch_size", "4", "--learning_rate", "0.05",
                                               "--multi_dataset_sampling", "proportional")]

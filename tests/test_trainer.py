@@ -5,7 +5,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from nlp_contrastive.train import main, train
-from tests.conftest import REPO_ROOT, make_tiny_encoder
+from tests.conftest import REPO_ROOT, TWO_PROCESSES, make_tiny_encoder
 
 COSINE = str(REPO_ROOT / "recipes" / "stsb-cosine.yaml")
 INFONCE = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")
@@ -127,8 +126,7 @@ def test_accelerate_launch_two_cpu_processes(tiny_model_dir, tmp_path, data_dir)
     out = tmp_path / "ddp"
     # `--cpu` alone makes accelerate start one process unless MPI is set up; the torch.distributed launcher
     # (`--multi_gpu`) with use_cpu (set by the recipe's bf16 on CPU-only machines, or passed here) runs gloo.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "nlp_contrastive.train", INFONCE,
+    cmd = [*TWO_PROCESSES, "-m", "nlp_contrastive.train", INFONCE,
            *tiny_overrides(str(tiny_model_dir), out, "--max_steps", "2", "--loss_kwargs",
                            "{temperature: 0.05, gather_across_devices: true}")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
