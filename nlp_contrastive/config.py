@@ -32,6 +32,11 @@ class ContrastiveTrainingArguments(transformers.TrainingArguments):
     overwrite_output_dir: bool = field(default=False, metadata={"help": "allow a non-empty output_dir"})
     nan_policy: str = field(default="stop", metadata={
         "help": "on a NaN/inf loss: stop (error naming the step and rows; checkpoints kept) or skip the batch"})
+    # DDP broadcasts module buffers at every forward call by default: a collective per call, so ranks that embed a
+    # batch in different numbers of forwards (single_forward: auto, a batch without negatives) would wait on each
+    # other forever. Text encoders' buffers (position ids) never change, so there is nothing to broadcast.
+    ddp_broadcast_buffers: bool | None = field(default=False, metadata={
+        "help": "DDP: broadcast module buffers from rank 0 at each forward (only for models whose buffers change)"})
 
 
 _OUR_TRAINING_KEYS = ("overwrite_output_dir", "nan_policy")

@@ -144,3 +144,17 @@ def test_two_machines_of_one_process_equal_one_process_on_the_full_batch(tmp_pat
     assert any(not torch.equal(single[k], initial[k]) for k in single), "training did not change weights"
     for name, tensor in single.items():
         torch.testing.assert_close(nodes[name], tensor, rtol=0, atol=2e-6, msg=name)
+
+
+@pytest.mark.parametrize("broadcast_buffers", ["false", "true"])
+def test_two_processes_with_single_forward_auto_finish_and_equal_one_forward(tmp_path, data_dir, broadcast_buffers):
+    """Each rank's batch may prefer another forward plan; the ranks agree on one, so the run finishes (the old code
+    hung at the first step: DDP broadcasts buffers at every forward call) and its weights equal single_forward."""
+    model = tmp_path / "tiny"
+    make_tiny_encoder().save_pretrained(model)
+    for plan in ("auto", "true"):
+        run(launch_command(INFONCE, *overrides(model, tmp_path / plan, 8, "--single_forward", plan,
+                                               "--ddp_broadcast_buffers", broadcast_buffers)))
+    auto, single = (load_file(tmp_path / plan / "model.safetensors") for plan in ("auto", "true"))
+    assert all(torch.allclose(auto[k], single[k], atol=1e-5) for k in single)
+
