@@ -145,10 +145,13 @@ class Recipe:
         kwargs = self.loss.loss_kwargs if source is None else self.source_loss(source)[1]
         return bool(kwargs.get("gather_across_devices", False))
 
+    def own_loss_sources(self) -> list[int]:
+        """The train_data entries that set their own `loss` / `loss_kwargs`."""
+        return [i for i, spec in enumerate(self.data.train_data)
+                if isinstance(spec, dict) and ("loss" in spec or "loss_kwargs" in spec)]
+
     def has_source_losses(self) -> bool:
-        """Whether a train_data entry sets its own `loss` / `loss_kwargs`."""
-        return any(isinstance(spec, dict) and ("loss" in spec or "loss_kwargs" in spec)
-                   for spec in self.data.train_data)
+        return bool(self.own_loss_sources())
 
     def source_loss(self, source: int) -> tuple[str, dict]:
         """(loss name, loss_kwargs) for batches of train_data[source]: its own `loss` with its own `loss_kwargs`
@@ -241,10 +244,10 @@ def check_source_losses(recipe: Recipe, sources: list, loss) -> None:
     from nlp_contrastive.teacher import distillation_roles
     from nlp_contrastive.train_data import check_source_roles
 
-    own_losses = recipe.has_source_losses()
+    own_loss_sources = recipe.own_loss_sources()
+    own_losses = bool(own_loss_sources)
     if own_losses and recipe.data.multi_dataset_sampling is None:
-        i = next(i for i, spec in enumerate(recipe.data.train_data) if "loss" in spec or "loss_kwargs" in spec)
-        raise ValueError(f"train_data[{i}] sets its own loss, which needs every batch from one source: set "
+        raise ValueError(f"train_data[{own_loss_sources[0]}] sets its own loss, which needs every batch from one source: set "
                          "multi_dataset_sampling: proportional (or round_robin, weighted, temperature)")
     roles = [distillation_roles(source.columns, spec, recipe.loss.teacher)
              for source, spec in zip(sources, recipe.data.train_data, strict=True)]

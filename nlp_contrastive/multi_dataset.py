@@ -11,7 +11,6 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from nlp_contrastive.batch import SOURCE_COLUMN  # noqa: F401 (index of each row's train_data entry)
 from nlp_contrastive.sampling import _EpochBatchSampler
 
 MULTI_DATASET_SAMPLING = ("proportional", "round_robin", "weighted", "temperature")

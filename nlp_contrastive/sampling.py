@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from nlp_contrastive.batch import EMBEDDED_ROLES, LIST_ROLES, TEXT_ROLES, token_column
+from nlp_contrastive.batch import EMBEDDED_ROLES, LIST_ROLES, SOURCE_COLUMN, TEXT_ROLES, token_column
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ def batch_sampler_factory(kind: str, multi_dataset_sampling: str | None = None, 
             return None
         return _built_once(lambda dataset, batch_size, args: build_batch_sampler(kind, dataset, batch_size, args))
 
-    from nlp_contrastive.multi_dataset import SOURCE_COLUMN, MultiDatasetBatchSampler
+    from nlp_contrastive.multi_dataset import MultiDatasetBatchSampler
 
     def factory(dataset, batch_size: int, args) -> _EpochBatchSampler:
         common = _sampler_arguments(args)

@@ -17,6 +17,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from nlp_contrastive import config, data, sampling, student, teacher, train_data
+from nlp_contrastive.batch import SOURCE_COLUMN
 from nlp_contrastive.losses.build import build_recipe_loss
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.run_record import CURVES_FILE, build_run_record, plot_training_curves, write_results
@@ -68,7 +69,7 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
                                                            sampling_temperature=recipe.data.sampling_temperature)
     if args.should_log:  # the sampler built here is the one the trainer gets from the factory
         batches = sampling.batches_per_epoch(batch_sampler_factory, train_ds, args.per_device_train_batch_size, args)
-        source_rows = list(np.bincount(train_ds["source"][:], minlength=len(sources))) if multi else None
+        source_rows = list(np.bincount(train_ds[SOURCE_COLUMN][:], minlength=len(sources))) if multi else None
         config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
                                                              train_data.hard_negatives_per_row(train_ds),
                                                              source_rows=source_rows))

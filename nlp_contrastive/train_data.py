@@ -102,22 +102,21 @@ def build_train_sources(specs: Sequence[Mapping], *, prompts: Mapping[str, str] 
 def check_source_roles(roles: Sequence[Sequence[str]], *, one_source_per_batch: bool) -> None:
     """Mixed batches need the same roles in every source; with one source per batch (multi_dataset_sampling) a
     source may lack a value or list role (score, label, negatives, ...) that another maps, not a single text."""
-    first = set(roles[0])
-    for i, own in enumerate(roles[1:], start=1):
-        if set(own) == first:
-            continue
-        if not one_source_per_batch:
-            raise ValueError(f"train_data[{i}] maps roles {sorted(own)} but train_data[0] maps {sorted(first)}: give "
-                             "every source the same roles, or set multi_dataset_sampling: proportional (every "
-                             "batch from one source)")
-    if one_source_per_batch:
-        every = set().union(*map(set, roles))
-        for i, own in enumerate(roles):
-            lacking = sorted(r for r in every - set(own) if r not in FILLABLE_ROLES)
-            if lacking:
-                raise ValueError(f"train_data[{i}] lacks text role(s) {lacking} that another source maps: map the same "
-                                 "single-text roles in every source (hard negatives can be a `negatives` list, "
-                                 "which a source without them leaves empty)")
+    if not one_source_per_batch:
+        first = set(roles[0])
+        for i, own in enumerate(roles[1:], start=1):
+            if set(own) != first:
+                raise ValueError(f"train_data[{i}] maps roles {sorted(own)} but train_data[0] maps {sorted(first)}: "
+                                 "give every source the same roles, or set multi_dataset_sampling: proportional "
+                                 "(every batch from one source)")
+        return
+    every = set().union(*map(set, roles))
+    for i, own in enumerate(roles):
+        lacking = sorted(r for r in every - set(own) if r not in FILLABLE_ROLES)
+        if lacking:
+            raise ValueError(f"train_data[{i}] lacks text role(s) {lacking} that another source maps: map the same "
+                             "single-text roles in every source (hard negatives can be a `negatives` list, "
+                             "which a source without them leaves empty)")
 
 
 def beir_pairs(source: str, split: str) -> datasets.Dataset:
