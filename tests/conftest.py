@@ -44,6 +44,14 @@ def tiny_encoder():
 
 
 @pytest.fixture
+def dropout_model_dir(tmp_path):
+    """A tiny model with dropout on, so an exact resume must also restore the random state."""
+    path = tmp_path / "tiny-dropout"
+    make_tiny_encoder(dropout=0.1).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
 def tiny_model_dir(tmp_path):
     """A tiny random encoder saved in sentence-transformers format."""
     path = tmp_path / "tiny-model"

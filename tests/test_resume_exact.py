@@ -12,40 +12,14 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from nlp_contrastive.modeling import Encoder
-from nlp_contrastive.train import main, train
-from tests.conftest import REPO_ROOT, make_tiny_encoder
-from tests.test_trainer import KillAt, tiny_overrides
+from nlp_contrastive.train import main
+from tests.conftest import REPO_ROOT
+from tests.test_trainer import assert_same_tensors, straight_and_resumed, tiny_overrides
 
 COSINE = str(REPO_ROOT / "recipes" / "stsb-cosine.yaml")
 LOGLOSS = str(REPO_ROOT / "recipes" / "msrp-logloss.yaml")
 LORA = "{r: 4, alpha: 8, dropout: 0.1, target_modules: [query, value]}"
 TEXTS = ["a man is playing a guitar", "the cat sleeps", "two dogs run in the park"]
-
-
-@pytest.fixture
-def dropout_model_dir(tmp_path):
-    """Dropout on, so resuming must also restore the random state to end equal."""
-    path = tmp_path / "tiny-dropout"
-    make_tiny_encoder(dropout=0.1).save_pretrained(path)
-    return str(path)
-
-
-def straight_and_resumed(recipe, model_dir, tmp_path, common, kill_at, callbacks=()):
-    """Output dirs of an uninterrupted run and of one killed after step `kill_at` then resumed."""
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    train(recipe, tiny_overrides(model_dir, straight, *common))
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, tiny_overrides(model_dir, killed, *common), callbacks=[KillAt(kill_at)])
-    assert (killed / f"checkpoint-{kill_at}").is_dir()
-    train(recipe, tiny_overrides(model_dir, killed, *common, "--resume_from_checkpoint", "true"),
-          callbacks=list(callbacks))
-    return straight, killed
-
-
-def assert_same_tensors(expected: dict, actual: dict) -> None:
-    assert sorted(actual) == sorted(expected)
-    for name, tensor in expected.items():
-        torch.testing.assert_close(actual[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("cached", ["false", "true"])

@@ -18,13 +18,6 @@ COSINE = str(REPO_ROOT / "recipes" / "stsb-cosine.yaml")
 INFONCE = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")
 
 
-@pytest.fixture
-def dropout_model_dir(tmp_path):
-    path = tmp_path / "tiny-dropout"
-    make_tiny_encoder(dropout=0.1).save_pretrained(path)
-    return str(path)
-
-
 def tiny_overrides(model_dir, output_dir, *extra):
     return ["--model_name_or_path", model_dir, "--output_dir", str(output_dir), "--max_train_rows", "48",
             "--per_device_train_batch_size", "8", "--eval_tasks", "[]", "--final_eval_tasks", "[]",
@@ -43,19 +36,32 @@ class KillAt(TrainerCallback):
             raise KeyboardInterrupt("simulated kill")
 
 
+def straight_and_resumed(recipe, model_dir, tmp_path, common, kill_at, callbacks=()):
+    """Output dirs of an uninterrupted run and of one killed after step `kill_at` then resumed."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train(recipe, tiny_overrides(model_dir, straight, *common))
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tiny_overrides(model_dir, killed, *common), callbacks=[KillAt(kill_at)])
+    assert (killed / f"checkpoint-{kill_at}").is_dir()
+    train(recipe, tiny_overrides(model_dir, killed, *common, "--resume_from_checkpoint", "true"),
+          callbacks=list(callbacks))
+    return straight, killed
+
+
+def assert_same_tensors(expected: dict, actual: dict) -> None:
+    assert sorted(actual) == sorted(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
 def test_killed_and_resumed_run_ends_with_the_same_weights(dropout_model_dir, tmp_path, data_dir):
     common = ("--save_strategy", "steps", "--save_steps", "3", "--max_steps", "6", "--learning_rate", "1e-3")
-    train(COSINE, tiny_overrides(dropout_model_dir, tmp_path / "straight", *common))
-    with pytest.raises(KeyboardInterrupt):
-        train(COSINE, tiny_overrides(dropout_model_dir, tmp_path / "killed", *common), callbacks=[KillAt(3)])
-    assert (tmp_path / "killed" / "checkpoint-3").is_dir()
-    train(COSINE, tiny_overrides(dropout_model_dir, tmp_path / "killed", *common, "--resume_from_checkpoint", "true"))
-    straight = load_file(tmp_path / "straight" / "model.safetensors")
-    resumed = load_file(tmp_path / "killed" / "model.safetensors")
+    straight_dir, resumed_dir = straight_and_resumed(COSINE, dropout_model_dir, tmp_path, common, kill_at=3)
+    straight = load_file(straight_dir / "model.safetensors")
+    resumed = load_file(resumed_dir / "model.safetensors")
     initial = make_tiny_encoder(dropout=0.1).model.state_dict()
     assert any(not torch.equal(straight[k], initial[k]) for k in straight), "training did not change weights"
-    for name, tensor in straight.items():
-        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert_same_tensors(straight, resumed)
 
 
 def test_same_seed_same_loss_curve_and_outputs(dropout_model_dir, tmp_path, data_dir):
