@@ -190,15 +190,16 @@ def with_prompts(tasks: list[dict], prompts: dict) -> list[dict]:
 
 
 def check_matryoshka_dims(loss, dimension: int) -> list[int] | None:
-    """The Matryoshka dims of the loss (also inside GradCache), checked against the encoder's size; None if
-    the loss is not Matryoshka."""
+    """The Matryoshka dims the model is trained at (every Matryoshka loss in it: inside GradCache, and each
+    source's own under per-source losses), each checked against the encoder's size; None if there is none."""
     from nlp_contrastive.losses.matryoshka import MatryoshkaLoss
 
-    wrapper = next((m for m in loss.modules() if isinstance(m, MatryoshkaLoss)), None)
-    if wrapper is None:
+    wrappers = [m for m in loss.modules() if isinstance(m, MatryoshkaLoss)]
+    if not wrappers:
         return None
-    wrapper.check_embedding_dim(dimension)
-    return list(wrapper.dims)
+    for wrapper in wrappers:
+        wrapper.check_embedding_dim(dimension)
+    return sorted({d for wrapper in wrappers for d in wrapper.dims}, reverse=True)
 
 
 def _checkpoint_to_resume(args) -> str | bool | None:

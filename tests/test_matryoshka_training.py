@@ -101,3 +101,33 @@ def test_a_task_at_several_dims_encodes_its_texts_once(tiny_model_dir, tmp_path,
     for name, metrics in alone.items():
         assert together[name] == pytest.approx(metrics)
     assert set(together) == {"sts", "sts@16", "sts@8", "pairs", "pairs@16", "pairs@8"}
+
+
+def test_per_source_matryoshka_losses_record_and_evaluate_every_sources_dims(tiny_model_dir, tmp_path, data_dir):
+    """Two sources with their own Matryoshka dims: the model records (and the final eval runs at) all of them,
+    not only the first source's."""
+    scored = ("{dataset: stsb, split: train, max_rows: 16, columns: {anchor: sentence1, positive: sentence2, "
+              "score: score}, score_range: [0, 5], loss: matryoshka, "
+              "loss_kwargs: {loss: cosine_similarity, dims: [32, 16]}}")
+    pairs = ("{dataset: msrp, split: train, filter: 'label == 1', max_rows: 16, columns: {anchor: sentence1, "
+             "positive: sentence2}, loss: matryoshka, loss_kwargs: {loss: info_nce, dims: [8, 32]}}")
+    out = tmp_path / "run"
+    assert main(tiny_matryoshka(tiny_model_dir, out, "--train_data", f"[{scored}, {pairs}]", "--max_train_rows",
+                                "null", "--multi_dataset_sampling", "round_robin", "--batch_sampler",
+                                "no_duplicates", "--per_device_train_batch_size", "8",
+                                "--final_eval_tasks", STS_TASK)) == 0
+    assert Encoder.from_pretrained(str(out)).matryoshka_dims == [32, 16, 8]
+    assert list(json.loads((out / "results.json").read_text())) == ["stsb-test", "stsb-test@16", "stsb-test@8"]
+
+
+def test_a_sources_matryoshka_dims_too_large_fail_before_training(tiny_model_dir, tmp_path, data_dir, capsys):
+    pairs = ("{dataset: msrp, split: train, filter: 'label == 1', max_rows: 16, columns: {anchor: sentence1, "
+             "positive: sentence2}, loss: matryoshka, loss_kwargs: {loss: info_nce, dims: [64, 8]}}")
+    scored = ("{dataset: stsb, split: train, max_rows: 16, columns: {anchor: sentence1, positive: sentence2, "
+              "score: score}, score_range: [0, 5]}")
+    code = main(tiny_matryoshka(tiny_model_dir, tmp_path / "o", "--train_data", f"[{scored}, {pairs}]",
+                                "--max_train_rows", "null", "--multi_dataset_sampling", "round_robin"))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1
+    assert "dims [64, 8] exceed the model's embedding dimension 32" in errors[0]
+    assert not (tmp_path / "o" / "model.safetensors").exists()
