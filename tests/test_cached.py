@@ -347,10 +347,13 @@ def test_matryoshka_inside_cached_loss_has_exact_gradients_and_encodes_once(monk
     encoder = make_tiny_encoder(dropout=0.1).train()
     features, index = batch_with_negatives(varied=False)
     loss = MatryoshkaLoss(InfoNCELoss(temperature=0.05), dims=[8, 32, 16], weights=[0.5, 1.0, 1.0])
-    value, grads, ref_value, ref_grads = run_both(encoder, features, loss, CachedLoss(loss, mini_batch_size=4),
-                                                  chunk=4, negatives_index=index)
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=0)
-    assert max_relative_error(grads, ref_grads) < 1e-5
+    # self_distill compares all rows of the batch with each other: under GradCache too (the cached full batch).
+    for wrapped in (loss, MatryoshkaLoss(InfoNCELoss(temperature=0.05), dims=[8, 32, 16], self_distill=2.0)):
+        value, grads, ref_value, ref_grads = run_both(encoder, features, wrapped,
+                                                      CachedLoss(wrapped, mini_batch_size=4), chunk=4,
+                                                      negatives_index=index)
+        torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=0)
+        assert max_relative_error(grads, ref_grads) < 1e-5
 
     calls = []
     original = type(encoder).forward

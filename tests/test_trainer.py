@@ -152,7 +152,7 @@ def test_every_recipe_runs_on_a_tiny_model(recipe, tiny_model_dir, tmp_path, dat
     """Each shipped recipe parses, loads its data, and trains 2 steps (cached ones through GradCache)."""
     extra = ["--max_steps", "2", "--cache_mini_batch_size", "3", "--bf16", "false"]
     if "matryoshka" in recipe:  # the recipe's dims are MiniLM's (384, ...); the tiny model has 32
-        extra += ["--loss_kwargs", "{loss: cosent, dims: [32, 16]}"]
+        extra += ["--loss_kwargs", "{loss: cosine_similarity, dims: [32, 16], weights: [1, 2], self_distill: 1.0}"]
     if "distill" in recipe:  # the recipe's teacher is MiniLM (384 dims) and keeps layers 0, 2, 4 of 6; tiny: 2
         extra += ["--teacher", str(tiny_model_dir), "--keep_layers", "[0]"]
     assert main([str(REPO_ROOT / "recipes" / recipe), *tiny_overrides(str(tiny_model_dir), tmp_path / "o", *extra)]) == 0

@@ -17,7 +17,7 @@ from nlp_contrastive.losses.distillation import (
 )
 from nlp_contrastive.losses.info_nce import InfoNCELoss, info_nce
 from nlp_contrastive.losses.log_loss import LogLoss, log_loss
-from nlp_contrastive.losses.matryoshka import MatryoshkaLoss, matryoshka
+from nlp_contrastive.losses.matryoshka import MatryoshkaLoss, matryoshka, prefix_similarity_loss
 from nlp_contrastive.losses.n_tuple import NTupleLoss, n_tuple
 from nlp_contrastive.losses.pairwise import (
     ContrastiveLoss,
@@ -80,5 +80,5 @@ __all__ = [
     "batch_all_triplet", "batch_hard_triplet", "bpr", "contrastive", "cosent", "cosine_similarity_loss",
     "distance_matrix", "get_distance", "get_similarity", "info_nce", "log_loss", "margin_mse", "matryoshka",
     "mse_distillation", "n_tuple", "online_contrastive", "pairwise_distance", "pairwise_hinge",
-    "pairwise_similarity", "similarity_matrix", "triplet",
+    "pairwise_similarity", "prefix_similarity_loss", "similarity_matrix", "triplet",
 ]

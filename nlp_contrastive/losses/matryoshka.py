@@ -60,7 +60,7 @@ def matryoshka_dims(dims: Sequence[int], weights: Sequence[float] | None = None)
 
 
 def matryoshka(loss_fn, inputs: dict[str, Any], dims: Sequence[int], weights: Sequence[float] | None = None, *,
-               normalize: bool = True) -> Tensor:
+               normalize: bool = True, self_distill: float = 0.0) -> Tensor:
     """Weighted sum of a loss over truncated embeddings:  L = sum_d w_d * loss(e[..., :d] for every embedding e).
 
     Inputs: loss_fn, any callable taking the keyword arguments in `inputs` (e.g. a loss module, or
@@ -69,12 +69,14 @@ def matryoshka(loss_fn, inputs: dict[str, Any], dims: Sequence[int], weights: Se
     `normalize`, as sentence-transformers' MatryoshkaLoss does, so dot-product losses see unit vectors at every
     d), `teacher_embedding` is truncated (not normalised) when it has the model's size D, and every other input
     (scores, labels, masks, ids) is passed unchanged. dims: any order, each <= D; weights: one per dimension
-    (default 1); the dimension order does not matter.
+    (default 1); the dimension order does not matter; self_distill > 0 adds
+    self_distill * `prefix_similarity_loss` (each prefix's pairwise similarities pulled toward the full size's).
     When to use: to train embeddings that can be cut to a prefix (cheaper storage and search) with little loss.
     Same as sentence-transformers' MatryoshkaLoss (n_dims_per_step=-1) on the same embeddings.
     Reference: Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022.
     """
     dims, weights = matryoshka_dims(dims, weights)
+    self_distill = check_self_distill(self_distill)
     full = embedding_size(inputs)
     if dims[0] > full:
         raise ValueError(f"Matryoshka dims {list(dims)} exceed the model's embedding dimension {full}: use dims "
@@ -84,7 +86,49 @@ def matryoshka(loss_fn, inputs: dict[str, Any], dims: Sequence[int], weights: Se
         truncated = {name: _truncate(name, value, dim, full, normalize) for name, value in inputs.items()}
         term = weight * loss_fn(**truncated)
         total = term if total is None else total + term
+    if self_distill:
+        total = total + self_distill * prefix_similarity_loss(inputs, dims, weights)
     return total
+
+
+def prefix_similarity_loss(inputs: dict[str, Any], dims: Sequence[int], weights: Sequence[float] | None = None) -> Tensor:
+    """How far each prefix's pairwise cosine similarities are from the full embedding's:
+        L = sum_{d < D} w_d * mean_{i != j} (cos(e_i[:d], e_j[:d]) - sg[cos(e_i, e_j)])^2,
+    over every embedding of the batch (anchor, positive, negative, negatives rows), sg = stop-gradient.
+
+    Inputs: role -> tensor as for `matryoshka`; dims/weights as there (the full size D itself adds nothing).
+    When to use: as Matryoshka's `self_distill` term, when labelled pairs are few: a batch of N texts gives
+    N(N-1) similarity targets instead of N/2 labels, and the target is the model's own full-size geometry, so the
+    prefixes learn to rank like the full vector. Costs O(N^2 d) per dimension (no encoding).
+    Reference: the pairwise similarity loss of Yoon et al., "Matryoshka-Adaptor: Unsupervised and Supervised
+    Tuning for Smaller Embedding Dimensions", EMNLP 2024 (there against a frozen model; here against the model
+    being trained, detached).
+    """
+    import torch
+
+    dims, weights = matryoshka_dims(dims, weights)
+    full = embedding_size(inputs)
+    rows = torch.cat([value.reshape(-1, full) for name, value in inputs.items()
+                      if name in EMBEDDING_ROLES and isinstance(value, Tensor)])
+    total = rows.new_zeros(())
+    if len(rows) < 2:  # no pair to compare
+        return total
+    off_diagonal = ~torch.eye(len(rows), dtype=torch.bool, device=rows.device)
+    unit = F.normalize(rows, dim=-1)
+    target = (unit @ unit.T).detach()[off_diagonal]
+    for dim, weight in zip(dims, weights, strict=True):
+        if dim < full:
+            prefix = F.normalize(rows[:, :dim], dim=-1)
+            total = total + weight * ((prefix @ prefix.T)[off_diagonal] - target).pow(2).mean()
+    return total
+
+
+def check_self_distill(value: Any) -> float:
+    """self_distill as a float >= 0; ValueError naming the problem otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"self_distill must be a finite number >= 0 (0 turns it off, 1 weighs it like a "
+                         f"dimension of weight 1), got {value!r}")
+    return float(value)
 
 
 def embedding_size(inputs: dict[str, Any]) -> int:
@@ -123,12 +167,13 @@ class MatryoshkaLoss(LossModule):
 
     def __init__(self, loss: nn.Module | str = "info_nce", dims: Sequence[int] = DEFAULT_DIMS,
                  weights: Sequence[float] | None = None, loss_kwargs: dict | None = None,
-                 normalize: bool = True) -> None:
+                 normalize: bool = True, self_distill: float = 0.0) -> None:
         inner = _build_inner(loss, loss_kwargs)
         dims, weights = matryoshka_dims(dims, weights)
         super().__init__()
         self.loss = inner
         self.dims, self.weights, self.normalize = dims, weights, bool(normalize)
+        self.self_distill = check_self_distill(self_distill)
         self.roles = tuple(getattr(inner, "roles", ()))
         self.optional_roles = tuple(getattr(inner, "optional_roles", ()))
         self.requires_in_batch_negatives = bool(getattr(inner, "requires_in_batch_negatives", False))
@@ -145,10 +190,11 @@ class MatryoshkaLoss(LossModule):
     def get_config_dict(self) -> dict[str, Any]:
         inner_config = self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}
         return {"loss": _registry_name(self.loss), "loss_kwargs": inner_config, "dims": list(self.dims),
-                "weights": list(self.weights), "normalize": self.normalize}
+                "weights": list(self.weights), "normalize": self.normalize, "self_distill": self.self_distill}
 
     def extra_repr(self) -> str:
-        return f"dims={list(self.dims)}, weights={list(self.weights)}, normalize={self.normalize}"
+        return (f"dims={list(self.dims)}, weights={list(self.weights)}, normalize={self.normalize}, "
+                f"self_distill={self.self_distill}")
 
     def forward(self, **inputs: Any) -> Tensor:
         if not self._accepts_any:
@@ -159,7 +205,8 @@ class MatryoshkaLoss(LossModule):
             logger.warning("Matryoshka dims %s leave out the model's full size %d: the untruncated embedding is "
                            "not trained directly; add %d to dims", list(self.dims), full, full)
             self._warned_full_size = True
-        return matryoshka(self.loss, inputs, self.dims, self.weights, normalize=self.normalize)
+        return matryoshka(self.loss, inputs, self.dims, self.weights, normalize=self.normalize,
+                          self_distill=self.self_distill)
 
 
 def _build_inner(loss: nn.Module | str, loss_kwargs: dict | None) -> nn.Module:

@@ -16,6 +16,7 @@ from nlp_contrastive.losses import (
     MSEDistillationLoss,
     info_nce,
     matryoshka,
+    prefix_similarity_loss,
 )
 from nlp_contrastive.train import main
 from tests.conftest import REPO_ROOT
@@ -89,6 +90,43 @@ def test_normalize_false_truncates_only():
     torch.testing.assert_close(wrapped(anchor=a, positive=p), info_nce(a[:, :6], p[:, :6], similarity="dot", scale=1.0))
 
 
+def _prefix_similarity_by_hand(rows, dims, weights):
+    """The self-distillation term written as loops over pairs (full-size cosines as plain numbers)."""
+    n, full = rows.shape
+    target = [[F.cosine_similarity(rows[i], rows[j], dim=0).item() for j in range(n)] for i in range(n)]
+    total = 0
+    for d, w in zip(dims, weights, strict=True):
+        if d == full:
+            continue
+        terms = [(F.cosine_similarity(rows[i, :d], rows[j, :d], dim=0) - target[i][j]) ** 2
+                 for i in range(n) for j in range(n) if i != j]
+        total = total + w * sum(terms) / len(terms)
+    return total
+
+
+def test_self_distill_adds_the_prefix_similarity_term_with_the_full_size_target_held_fixed():
+    a, p, n = (x.requires_grad_() for x in _embeddings())
+    dims, weights = [12, 8, 4], [1.0, 2.0, 0.5]
+    inner = InfoNCELoss(temperature=0.05)
+    ours = MatryoshkaLoss(inner, dims=dims, weights=weights, self_distill=0.7)(anchor=a, positive=p, negatives=n)
+    rows = torch.cat([a, p, n.reshape(-1, D)])
+    term = _prefix_similarity_by_hand(rows, dims, weights)
+    expected = _by_hand(a, p, n, dims, weights) + 0.7 * term
+    assert_close_scaled(ours, expected)
+    for g_ours, g_ref in zip(torch.autograd.grad(ours, (a, p, n)), torch.autograd.grad(expected, (a, p, n)),
+                             strict=True):
+        assert_close_scaled(g_ours, g_ref)  # no gradient through the full-size similarities
+    assert_close_scaled(prefix_similarity_loss({"anchor": a, "positive": p, "negatives": n}, [4, 12, 8],
+                                               [0.5, 1.0, 2.0]), term)
+    # Off (the default) it is sentence-transformers' MatryoshkaLoss; one row has no pair to compare.
+    torch.testing.assert_close(MatryoshkaLoss(inner, dims=dims, self_distill=0)(anchor=a, positive=p),
+                               MatryoshkaLoss(inner, dims=dims)(anchor=a, positive=p))
+    assert prefix_similarity_loss({"anchor": a[:1]}, [12, 4]).item() == 0.0
+    # Only the prefixes move: an embedding whose 4-dim prefix already ranks like the full vector costs nothing.
+    aligned = torch.cat([torch.randn(5, 4, dtype=torch.float64), torch.zeros(5, 8, dtype=torch.float64)], dim=1)
+    assert prefix_similarity_loss({"anchor": aligned}, [12, 4]).item() == pytest.approx(0.0, abs=1e-12)
+
+
 def test_roles_registry_name_and_config_round_trip():
     wrapped = LOSSES["matryoshka"](loss="info_nce", loss_kwargs={"temperature": 0.1}, dims=[8, 4])
     assert isinstance(wrapped.loss, InfoNCELoss) and wrapped.loss.get_config_dict()["temperature"] == 0.1
@@ -97,6 +135,7 @@ def test_roles_registry_name_and_config_round_trip():
     assert not MatryoshkaLoss(CoSENTLoss(), dims=[4]).requires_in_batch_negatives
     config = wrapped.get_config_dict()
     assert config["loss"] == "info_nce" and config["dims"] == [8, 4] and config["weights"] == [1.0, 1.0]
+    assert config["self_distill"] == 0.0
     assert MatryoshkaLoss(**config).get_config_dict() == config
     assert MatryoshkaLoss.citation.startswith("@") and "Matryoshka" in MatryoshkaLoss.citation
 
@@ -113,6 +152,9 @@ def test_roles_registry_name_and_config_round_trip():
     ({"loss": "matryoshka"}, "wraps a loss module or one of"),
     ({"loss": "info_nce", "loss_kwargs": {"temprature": 0.1}}, "bad loss_kwargs for 'info_nce'"),
     ({"loss": InfoNCELoss(), "loss_kwargs": {"temperature": 0.1}}, "loss_kwargs are for a loss given by name"),
+    ({"self_distill": -1.0}, "self_distill must be a finite number >= 0"),
+    ({"self_distill": float("nan")}, "self_distill must be a finite number >= 0"),
+    ({"self_distill": "yes"}, "self_distill must be a finite number >= 0"),
 ])
 def test_bad_settings_fail_with_the_problem_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -138,7 +180,7 @@ TINY = ["--max_train_rows", "48", "--per_device_train_batch_size", "8", "--eval_
 @pytest.mark.parametrize("cached", ["false", "true"])
 def test_trains_from_a_recipe_plain_and_cached(cached, tiny_model_dir, tmp_path, data_dir):
     """loss: matryoshka over info_nce through the CLI entry point, with and without GradCache (hidden size 32)."""
-    kwargs = "{loss: info_nce, loss_kwargs: {temperature: 0.05}, dims: [8, 32, 16]}"
+    kwargs = "{loss: info_nce, loss_kwargs: {temperature: 0.05}, dims: [8, 32, 16], self_distill: 1.0}"
     out = tmp_path / "o"
     assert main([str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml"), "--model_name_or_path", str(tiny_model_dir),
                  "--output_dir", str(out), "--loss", "matryoshka", "--loss_kwargs", kwargs, "--cached", cached,
@@ -146,6 +188,7 @@ def test_trains_from_a_recipe_plain_and_cached(cached, tiny_model_dir, tmp_path,
     run = json.loads((out / "training_run.json").read_text())
     assert run["final_train_loss"] > 0
     assert run["loss"]["name"] == "MatryoshkaLoss" and run["loss"]["config"]["dims"] == [32, 16, 8]
+    assert run["loss"]["config"]["self_distill"] == 1.0
 
 
 def test_recipe_with_dims_above_the_model_size_fails_with_one_line(tiny_model_dir, tmp_path, data_dir, capsys):
