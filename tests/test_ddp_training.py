@@ -117,13 +117,24 @@ def test_killed_two_process_run_resumes_mid_epoch_to_the_same_rows_and_weights(r
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
-def test_two_machines_of_one_process_equal_one_process_on_the_full_batch(tmp_path, data_dir):
+GATHERED_LOSSES = {
+    "info_nce": ("--loss_kwargs", "{temperature: 0.05, gather_across_devices: true}"),
+    # Matryoshka's self_distill term compares every process's rows when the wrapped loss gathers.
+    "matryoshka self_distill": ("--loss", "matryoshka", "--loss_kwargs",
+                                "{loss: info_nce, loss_kwargs: {temperature: 0.05, gather_across_devices: true}, "
+                                "dims: [32, 16, 8], self_distill: 2.0}"),
+}
+
+
+@pytest.mark.parametrize("loss", list(GATHERED_LOSSES))
+def test_two_machines_of_one_process_equal_one_process_on_the_full_batch(tmp_path, data_dir, loss):
     """Multi-node path: 2 `accelerate launch --num_machines 2 --machine_rank {0,1}` (1 process each, rendezvous on
-    127.0.0.1) with gather_across_devices InfoNCE and the no-duplicates sampler train to the same weights as one
-    process on the global batch of 16: the sampler's global batches are the one-process batches, split by rank."""
+    127.0.0.1) with gather_across_devices InfoNCE (plain, and in Matryoshka with self_distill) and the
+    no-duplicates sampler train to the same weights as one process on the global batch of 16: the sampler's global
+    batches are the one-process batches, split by rank."""
     model = tmp_path / "tiny"
     make_tiny_encoder().save_pretrained(model)  # no dropout: both runs are then deterministic functions of the data
-    gather = ("--loss_kwargs", "{temperature: 0.05, gather_across_devices: true}", "--save_strategy", "no")
+    gather = (*GATHERED_LOSSES[loss], "--save_strategy", "no")
     port = free_port()
     machines = [subprocess.Popen(launch_command(INFONCE, *overrides(model, tmp_path / "nodes", 8, *gather),
                                                 machines=2, machine_rank=rank, port=port),

@@ -23,7 +23,7 @@ from nlp_contrastive.distributed import (
     rank_and_world_size,
     reduce_across_ranks,
 )
-from nlp_contrastive.losses import info_nce
+from nlp_contrastive.losses import InfoNCELoss, MatryoshkaLoss, info_nce
 from tests.conftest import make_tiny_encoder
 
 
@@ -92,11 +92,8 @@ def _text_ids(tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.tensor([hash(tuple(tokenizer(t)["input_ids"])) for t in texts], dtype=torch.long)
 
 
-def _loss_and_rows(model, tokenizer, anchors, positives, negatives, *, symmetric, gather):
-    """One forward over every text; negatives laid out as [B, K, D] + mask and ids as the trainer's collator does.
-
-    Returns the mean loss (with graph) and the per-row losses (no graph) from the same embeddings.
-    """
+def _inputs(model, tokenizer, anchors, positives, negatives) -> dict[str, torch.Tensor]:
+    """One forward over every text; negatives laid out as [B, K, D] + mask and ids as the trainer's collator does."""
     flat_negatives = [n for row in negatives for n in row]
     features = tokenizer(anchors + positives + flat_negatives, padding=True, return_tensors="pt")
     embeddings = model(input_ids=features["input_ids"], attention_mask=features["attention_mask"])
@@ -109,14 +106,26 @@ def _loss_and_rows(model, tokenizer, anchors, positives, negatives, *, symmetric
         start += len(row)
     mask = index >= 0
     flat_ids = _text_ids(tokenizer, flat_negatives)
-    inputs = {"anchor": embeddings[:b], "positive": embeddings[b:2 * b],
-              "negatives": embeddings[2 * b:][index.clamp(min=0)], "negatives_mask": mask,
-              "anchor_ids": _text_ids(tokenizer, anchors), "positive_ids": _text_ids(tokenizer, positives),
-              "negative_ids": torch.where(mask, flat_ids[index.clamp(min=0)], -1)}
+    return {"anchor": embeddings[:b], "positive": embeddings[b:2 * b],
+            "negatives": embeddings[2 * b:][index.clamp(min=0)], "negatives_mask": mask,
+            "anchor_ids": _text_ids(tokenizer, anchors), "positive_ids": _text_ids(tokenizer, positives),
+            "negative_ids": torch.where(mask, flat_ids[index.clamp(min=0)], -1)}
+
+
+def _loss_and_rows(model, tokenizer, anchors, positives, negatives, *, symmetric, gather):
+    """The mean loss (with graph) and the per-row losses (no graph) from the same embeddings."""
+    inputs = _inputs(model, tokenizer, anchors, positives, negatives)
     options = {"symmetric": symmetric, "gather_across_devices": gather, "temperature": 0.05}
     loss = info_nce(**inputs, **options)
     detached = {k: v.detach() for k, v in inputs.items()}
     return loss, info_nce(**detached, **options, reduction="none")
+
+
+def _matryoshka_loss(model, tokenizer, anchors, positives, negatives, *, gather):
+    """Matryoshka(InfoNCE) with self_distill: the prefix-similarity term compares rows across processes too."""
+    loss = MatryoshkaLoss(InfoNCELoss(temperature=0.05, gather_across_devices=gather), dims=[32, 16, 8],
+                          self_distill=5.0)
+    return loss(**_inputs(model, tokenizer, anchors, positives, negatives))
 
 
 def _gradients(model) -> dict[str, torch.Tensor]:
@@ -141,6 +150,13 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                                            gather=True)
             loss.backward()
             results[name] = {"loss": loss.detach(), "rows": per_row, "grads": _gradients(model.module)}
+        for name, split in (("matryoshka", 4), ("matryoshka uneven", 5)):
+            rows = slice(0, split) if rank == 0 else slice(split, None)
+            model.zero_grad(set_to_none=True)
+            loss = _matryoshka_loss(model, encoder.tokenizer, ANCHORS[rows], POSITIVES[rows], NEGATIVES[rows],
+                                    gather=True)
+            loss.backward()
+            results[name] = {"loss": loss.detach(), "grads": _gradients(model.module)}
         # Uneven row counts of ids (int64) and masks (bool), gathered without gradient.
         n = 3 if rank == 0 else 1
         ids = gather_rows(torch.arange(n) + 10 * rank)
@@ -210,3 +226,22 @@ def test_two_processes_equal_one_process_on_the_full_batch(two_process_results, 
     _, half_rows = _loss_and_rows(encoder, encoder.tokenizer, *(t[: spec["split"]] for t in spec["texts"]),
                                   symmetric=spec["symmetric"], gather=False)
     assert not torch.allclose(half_rows, full_rows[: spec["split"]], rtol=1e-3)
+
+
+@pytest.mark.parametrize("scenario, split", [("matryoshka", 4), ("matryoshka uneven", 5)])
+def test_matryoshka_self_distill_on_two_processes_equals_one_process(two_process_results, single_process_encoder,
+                                                                     scenario, split):
+    """Matryoshka(InfoNCE) + self_distill with gathering: every process's rows enter the prefix-similarity term,
+    so the ranks' average loss and the DDP-averaged gradients are those of one process on the whole batch."""
+    encoder = single_process_encoder
+    encoder.zero_grad(set_to_none=True)
+    full_loss = _matryoshka_loss(encoder, encoder.tokenizer, ANCHORS, POSITIVES, NEGATIVES, gather=False)
+    full_loss.backward()
+    expected = _gradients(encoder)
+    largest = max(g.abs().max().item() for g in expected.values())
+    ranks = [r[scenario] for r in two_process_results]
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, full_loss.detach(), rtol=1e-5, atol=0)
+    for result in ranks:
+        for name, grad in expected.items():
+            torch.testing.assert_close(result["grads"][name], grad, rtol=1e-5, atol=1e-7 * largest,
+                                       msg=lambda m, n=name: f"{scenario}: gradient of {n}: {m}")

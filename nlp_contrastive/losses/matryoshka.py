@@ -60,7 +60,7 @@ def matryoshka_dims(dims: Sequence[int], weights: Sequence[float] | None = None)
 
 
 def matryoshka(loss_fn, inputs: dict[str, Any], dims: Sequence[int], weights: Sequence[float] | None = None, *,
-               normalize: bool = True, self_distill: float = 0.0) -> Tensor:
+               normalize: bool = True, self_distill: float = 0.0, gather_across_devices: bool = False) -> Tensor:
     """Weighted sum of a loss over truncated embeddings:  L = sum_d w_d * loss(e[..., :d] for every embedding e).
 
     Inputs: loss_fn, any callable taking the keyword arguments in `inputs` (e.g. a loss module, or
@@ -70,7 +70,8 @@ def matryoshka(loss_fn, inputs: dict[str, Any], dims: Sequence[int], weights: Se
     d), `teacher_embedding` is truncated (not normalised) when it has the model's size D, and every other input
     (scores, labels, masks, ids) is passed unchanged. dims: any order, each <= D; weights: one per dimension
     (default 1); the dimension order does not matter; self_distill > 0 adds
-    self_distill * `prefix_similarity_loss` (each prefix's pairwise similarities pulled toward the full size's).
+    self_distill * `prefix_similarity_loss` (each prefix's pairwise similarities pulled toward the full size's;
+    across processes with gather_across_devices).
     When to use: to train embeddings that can be cut to a prefix (cheaper storage and search) with little loss.
     Same as sentence-transformers' MatryoshkaLoss (n_dims_per_step=-1) on the same embeddings.
     Reference: Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022.
@@ -87,16 +88,21 @@ def matryoshka(loss_fn, inputs: dict[str, Any], dims: Sequence[int], weights: Se
         term = weight * loss_fn(**truncated)
         total = term if total is None else total + term
     if self_distill:
-        total = total + self_distill * prefix_similarity_loss(inputs, dims, weights)
+        total = total + self_distill * prefix_similarity_loss(inputs, dims, weights,
+                                                              gather_across_devices=gather_across_devices)
     return total
 
 
-def prefix_similarity_loss(inputs: dict[str, Any], dims: Sequence[int], weights: Sequence[float] | None = None) -> Tensor:
+def prefix_similarity_loss(inputs: dict[str, Any], dims: Sequence[int], weights: Sequence[float] | None = None, *,
+                           gather_across_devices: bool = False) -> Tensor:
     """How far each prefix's pairwise cosine similarities are from the full embedding's:
         L = sum_{d < D} w_d * mean_{i != j} (cos(e_i[:d], e_j[:d]) - sg[cos(e_i, e_j)])^2,
-    over every embedding of the batch (anchor, positive, negative, negatives rows), sg = stop-gradient.
+    over every embedding of the batch (anchor, positive, negative and the real negatives rows; padding under
+    `negatives_mask` is left out), sg = stop-gradient.
 
     Inputs: role -> tensor as for `matryoshka`; dims/weights as there (the full size D itself adds nothing).
+    With `gather_across_devices` every process's rows are the j's (`distributed.gather_rows`), so 2 processes on
+    half batches give the loss and gradients of 1 process on the whole batch; otherwise each compares its own.
     When to use: as Matryoshka's `self_distill` term, when labelled pairs are few: a batch of N texts gives
     N(N-1) similarity targets instead of N/2 labels, and the target is the model's own full-size geometry, so the
     prefixes learn to rank like the full vector. Costs O(N^2 d) per dimension (no encoding).
@@ -106,21 +112,40 @@ def prefix_similarity_loss(inputs: dict[str, Any], dims: Sequence[int], weights:
     """
     import torch
 
+    from nlp_contrastive import distributed
+
     dims, weights = matryoshka_dims(dims, weights)
     full = embedding_size(inputs)
-    rows = torch.cat([value.reshape(-1, full) for name, value in inputs.items()
-                      if name in EMBEDDING_ROLES and isinstance(value, Tensor)])
-    total = rows.new_zeros(())
-    if len(rows) < 2:  # no pair to compare
-        return total
-    off_diagonal = ~torch.eye(len(rows), dtype=torch.bool, device=rows.device)
-    unit = F.normalize(rows, dim=-1)
-    target = (unit @ unit.T).detach()[off_diagonal]
+    local = _embedding_rows(inputs, full)
+    gathered = distributed.gather_rows(local, world_size=None if gather_across_devices else 1)
+    everyone = gathered.tensor
+    if len(everyone) < 2:  # no pair to compare
+        return local.new_zeros(())
+    others = torch.ones(len(local), len(everyone), dtype=torch.bool, device=local.device)
+    rows = torch.arange(len(local), device=local.device)
+    others[rows, rows + gathered.offset] = False
+    target = (F.normalize(local, dim=-1) @ F.normalize(everyone, dim=-1).T).detach()
+    per_row = local.new_zeros(len(local))
     for dim, weight in zip(dims, weights, strict=True):
         if dim < full:
-            prefix = F.normalize(rows[:, :dim], dim=-1)
-            total = total + weight * ((prefix @ prefix.T)[off_diagonal] - target).pow(2).mean()
-    return total
+            similarity = F.normalize(local[:, :dim], dim=-1) @ F.normalize(everyone[:, :dim], dim=-1).T
+            per_row = per_row + weight * ((similarity - target).pow(2) * others).sum(dim=1) / (len(everyone) - 1)
+    return distributed.reduce_across_ranks(per_row, "mean", global_rows=len(everyone),
+                                           world_size=len(gathered.sizes))
+
+
+def _embedding_rows(inputs: dict[str, Any], full: int) -> Tensor:
+    """Every embedding of the batch as rows [N, D]: anchor, positive, negative, and the unmasked negatives."""
+    import torch
+
+    parts = []
+    for name in EMBEDDING_ROLES:
+        value = inputs.get(name)
+        if not isinstance(value, Tensor):
+            continue
+        mask = inputs.get("negatives_mask") if name == "negatives" else None
+        parts.append(value[mask.bool()] if isinstance(mask, Tensor) else value.reshape(-1, full))
+    return torch.cat(parts)
 
 
 def check_self_distill(value: Any) -> float:
@@ -174,6 +199,8 @@ class MatryoshkaLoss(LossModule):
         self.loss = inner
         self.dims, self.weights, self.normalize = dims, weights, bool(normalize)
         self.self_distill = check_self_distill(self_distill)
+        # self_distill compares across processes when the wrapped loss does (info_nce's gather_across_devices).
+        self._gathers = bool(getattr(inner, "get_config_dict", dict)().get("gather_across_devices", False))
         self.roles = tuple(getattr(inner, "roles", ()))
         self.optional_roles = tuple(getattr(inner, "optional_roles", ()))
         self.requires_in_batch_negatives = bool(getattr(inner, "requires_in_batch_negatives", False))
@@ -206,7 +233,7 @@ class MatryoshkaLoss(LossModule):
                            "not trained directly; add %d to dims", list(self.dims), full, full)
             self._warned_full_size = True
         return matryoshka(self.loss, inputs, self.dims, self.weights, normalize=self.normalize,
-                          self_distill=self.self_distill)
+                          self_distill=self.self_distill, gather_across_devices=self._gathers)
 
 
 def _build_inner(loss: nn.Module | str, loss_kwargs: dict | None) -> nn.Module:

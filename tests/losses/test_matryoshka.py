@@ -122,6 +122,11 @@ def test_self_distill_adds_the_prefix_similarity_term_with_the_full_size_target_
     torch.testing.assert_close(MatryoshkaLoss(inner, dims=dims, self_distill=0)(anchor=a, positive=p),
                                MatryoshkaLoss(inner, dims=dims)(anchor=a, positive=p))
     assert prefix_similarity_loss({"anchor": a[:1]}, [12, 4]).item() == 0.0
+    # Padded negatives (negatives_mask False) are not texts of the batch: left out.
+    mask = torch.tensor([[True, False], [True, True], [False, False], [True, False], [False, True], [True, True]])
+    real = torch.cat([a, p, n[mask]])
+    assert_close_scaled(prefix_similarity_loss({"anchor": a, "positive": p, "negatives": n, "negatives_mask": mask},
+                                               dims, weights), _prefix_similarity_by_hand(real, dims, weights))
     # Only the prefixes move: an embedding whose 4-dim prefix already ranks like the full vector costs nothing.
     aligned = torch.cat([torch.randn(5, 4, dtype=torch.float64), torch.zeros(5, 8, dtype=torch.float64)], dim=1)
     assert prefix_similarity_loss({"anchor": aligned}, [12, 4]).item() == pytest.approx(0.0, abs=1e-12)
