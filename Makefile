@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install main train eval test test-fast lint bench bench-encode bench-eval bench-train bench-memory clean \
+.PHONY: install main train eval test test-fast lint bench bench-encode bench-eval bench-train bench-memory bench-matryoshka clean \
 	scifact bench-retrieval
 
 install: $(VENV)/.installed
@@ -39,7 +39,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check nlp_contrastive tests eval benchmarks examples
 
-bench: bench-encode bench-eval bench-train bench-memory
+bench: bench-encode bench-eval bench-train bench-memory bench-matryoshka
 
 bench-encode: install
 	$(BIN)/python benchmarks/bench_encode.py
@@ -52,6 +52,9 @@ bench-train: install
 
 bench-memory: install
 	$(BIN)/python benchmarks/bench_memory.py
+
+bench-matryoshka: install
+	$(BIN)/python benchmarks/bench_matryoshka.py
 
 # Retrieval end to end on BEIR SciFact: mine hard negatives on train -> train -> evaluate on SciFact test
 # (the recipe's final eval; MTEB's definitions). See recipes/scifact-hardneg.yaml for the settings.

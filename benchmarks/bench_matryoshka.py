@@ -77,17 +77,17 @@ def main() -> int:
             with autocast():
                 value = loss(ours_model, features)
             value.backward()
-            return float(value)
+            return float(value.detach())
         return run
 
     def st_step(loss):
         def run():
             st_model.zero_grad(set_to_none=True)
-            features = [st_model.tokenize(anchors), st_model.tokenize(positives)]
+            features = [st_model.preprocess(anchors), st_model.preprocess(positives)]
             with autocast():
                 value = loss(features, None)
             value.backward()
-            return float(value)
+            return float(value.detach())
         return run
 
     sides = [(name, ours_step(loss)) for name, loss in ours_losses.items()]
