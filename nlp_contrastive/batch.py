@@ -49,11 +49,18 @@ def token_column(role: str) -> str:
     return f"{role}_input_ids"
 
 
+def prompt_length_column(role: str) -> str:
+    """The dataset column holding how many leading tokens of a text role are its prompt (written with the prompts
+    when the model leaves prompt tokens out of the pooling, `include_prompt: false`; one int per row)."""
+    return f"{role}_prompt_length"
+
+
 @dataclass
 class Batch:
     """A collated batch.
 
-    features: role -> {input_ids, attention_mask} for every embedded role; "negatives" is flattened to [M, T].
+    features: role -> {input_ids, attention_mask} for every embedded role (+ prompt_length [B] when prompt tokens
+        are left out of the pooling); "negatives" is flattened to [M, T].
     negatives_index: [B, K] row of the flattened negatives holding row b's k-th negative, -1 = padding.
     text_hashes: role -> int64 hash of each text's token ids ([B]; [M] for negatives; [B, P] for
         known_positives with -1 padding) — equal texts have equal hashes, for false-negative masking.
@@ -103,6 +110,10 @@ class Batch:
         stacked = {key: torch.cat([nn.functional.pad(self.features[r][key], (0, width - self.features[r][key].shape[1]))
                                    for r in roles])
                    for key in ("input_ids", "attention_mask")}
+        if any("prompt_length" in f for f in self.features.values()):  # roles without a prompt: 0 tokens
+            stacked["prompt_length"] = torch.cat([
+                self.features[r].get("prompt_length", self.features[r]["input_ids"].new_zeros(
+                    self.features[r]["input_ids"].shape[0])) for r in roles])
         embeddings = model(**stacked)
         sizes = [self.features[r]["input_ids"].shape[0] for r in roles]
         return dict(zip(roles, torch.split(embeddings, sizes), strict=True))
@@ -161,14 +172,19 @@ class BatchCollator:
                 if any(row[column] for row in rows):
                     batch.text_hashes[role] = _padded_hashes([row[column] for row in rows])
                 continue
+            per_text = [len(row[column]) if role == "negatives" else 1 for row in rows]
             if role == "negatives":
                 sequences = [ids for row in rows for ids in row[column]]
                 if not sequences:
                     continue  # no row of this batch has a hard negative: in-batch negatives only
-                batch.negatives_index = _flat_index([len(row[column]) for row in rows])
+                batch.negatives_index = _flat_index(per_text)
             else:
                 sequences = [row[column] for row in rows]
             batch.features[role] = self.pad(sequences)
+            if prompt_length_column(role) in rows[0]:  # each of a row's texts has the row's prompt
+                batch.features[role]["prompt_length"] = torch.tensor(
+                    [row[prompt_length_column(role)] for row, count in zip(rows, per_text, strict=True)
+                     for _ in range(count)], dtype=torch.long)
             batch.text_hashes[role] = torch.tensor([text_hash(s) for s in sequences], dtype=torch.long)
         for name in VALUE_ROLES:
             if rows[0].get(name) is not None:

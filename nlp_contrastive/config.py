@@ -216,10 +216,6 @@ def check_recipe(recipe: Recipe) -> None:
     sources = [train_source(spec, i) for i, spec in enumerate(recipe.data.train_data)]
     check_lora(recipe.model)
     check_prompts(recipe.data.prompts)
-    has_prompts = recipe.data.prompts or any(spec.get("prompts") for spec in recipe.data.train_data)
-    if has_prompts and recipe.model.include_prompt is False:
-        raise ValueError("include_prompt: false (prompt tokens left out of the pooling) is applied when encoding, "
-                         "but training with prompts does not support it yet: set include_prompt: true (the default)")
     check_batch_sampler(recipe.data.batch_sampler)
     check_multi_dataset_sampling(recipe.data.multi_dataset_sampling, recipe.data.source_weights,
                                  recipe.data.sampling_temperature, len(sources))

@@ -55,7 +55,9 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     loss = build_recipe_loss(recipe)  # one loss, or one per train_data source (losses.build.SourceLosses)
     encoder.matryoshka_dims = check_matryoshka_dims(loss, encoder.dimension)
     encoder.prompts.update(saved_prompts(recipe.data.prompts))
-    sources = train_data.build_train_sources(recipe.data.train_data, prompts=recipe.data.prompts)
+    sources = train_data.build_train_sources(  # prompt token counts go with the texts if pooling leaves them out
+        recipe.data.train_data, prompts=recipe.data.prompts,
+        prompt_length=None if encoder.include_prompt else encoder.prompt_length)
     multi = recipe.data.multi_dataset_sampling
     train_ds = train_data.concatenate(sources, max_rows=recipe.data.max_train_rows, keep_sources=multi is not None)
     train_ds = teacher.prepare_teacher_embeddings(train_ds, recipe.loss.teacher, student_dim=encoder.dimension,

@@ -3,11 +3,11 @@ role-mapped (`nlp_contrastive.data`), then the sources joined into the one train
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import datasets
 
-from nlp_contrastive.batch import EMBEDDED_ROLES, LIST_ROLES, ROLES, SOURCE_COLUMN
+from nlp_contrastive.batch import EMBEDDED_ROLES, LIST_ROLES, ROLES, SOURCE_COLUMN, prompt_length_column
 from nlp_contrastive.data import filter_rows, group_pairs, load_split, parse_condition, select_roles
 from nlp_contrastive.sources import Source, is_beir_folder
 from nlp_contrastive.teacher import check_scores_key, check_teacher_scores, join_score_columns
@@ -75,27 +75,37 @@ def role_prompts(recipe_prompts: Mapping[str, str] | None, source_prompts: Mappi
     return {role: prompt for role, prompt in prompts.items() if prompt}
 
 
-def apply_prompts(ds: datasets.Dataset, prompts: Mapping[str, str]) -> datasets.Dataset:
-    """Prepend each role's prompt to its texts (before tokenization, as sentence-transformers' encode does)."""
+def apply_prompts(ds: datasets.Dataset, prompts: Mapping[str, str],
+                  prompt_length: Callable[[str], int] | None = None) -> datasets.Dataset:
+    """Prepend each role's prompt to its texts (before tokenization, as sentence-transformers' encode does).
+
+    With `prompt_length` (the encoder's token count of a prompt; given when the pooling leaves prompt tokens out)
+    every embedded role also gets its `batch.prompt_length_column` (0 where the role has no prompt), which the
+    collator hands to the encoder, as sentence-transformers' collator does for Pooling(include_prompt=False).
+    """
     roles = [r for r in prompts if r in ds.column_names]
-    if not roles:
-        return ds
+    if roles:
+        def prepend(batch):
+            return {role: [[prompts[role] + t for t in texts] if role in LIST_ROLES else prompts[role] + texts
+                           for texts in batch[role]] for role in roles}
 
-    def prepend(batch):
-        return {role: [[prompts[role] + t for t in texts] if role in LIST_ROLES else prompts[role] + texts
-                       for texts in batch[role]] for role in roles}
+        ds = ds.map(prepend, batched=True, batch_size=1000, desc="Adding prompts")
+    if prompt_length is not None:
+        for role in (r for r in EMBEDDED_ROLES if r in ds.column_names):
+            length = prompt_length(prompts[role]) if role in prompts else 0
+            ds = ds.add_column(prompt_length_column(role), [length] * len(ds))
+    return ds
 
-    return ds.map(prepend, batched=True, batch_size=1000, desc="Adding prompts")
 
-
-def build_train_sources(specs: Sequence[Mapping], *, prompts: Mapping[str, str] | None = None
-                        ) -> list[datasets.Dataset]:
+def build_train_sources(specs: Sequence[Mapping], *, prompts: Mapping[str, str] | None = None,
+                        prompt_length: Callable[[str], int] | None = None) -> list[datasets.Dataset]:
     """Load, filter, group and role-map every source of a recipe's `train_data`, with the recipe's `prompts` (and
-    each source's own) prepended to the texts. Their roles are checked when they are joined (`concatenate`)."""
+    each source's own) prepended to the texts (and their token counts recorded, given `prompt_length`; see
+    `apply_prompts`). Their roles are checked when they are joined (`concatenate`)."""
     if not specs:
         raise ValueError("train_data is empty: add at least one source, e.g. "
                          "[{dataset: stsb, columns: {anchor: sentence1, positive: sentence2, score: score}}]")
-    return [apply_prompts(_build_source(spec, i), role_prompts(prompts, spec.get("prompts")))
+    return [apply_prompts(_build_source(spec, i), role_prompts(prompts, spec.get("prompts")), prompt_length)
             for i, spec in enumerate(specs)]
 
 

@@ -97,10 +97,74 @@ def test_eval_tasks_inherit_training_prompts_unless_they_set_their_own():
     assert out[1]["prompts"] == {"sentence1": "s: "}
 
 
+@pytest.mark.parametrize("forward", [("--single_forward", "true"), ("--single_forward", "false"), ("--cached", "true")])
+def test_include_prompt_false_trains_on_embeddings_pooled_without_the_prompt_tokens(tiny_model_dir, tmp_path,
+                                                                                      data_dir, monkeypatch, forward):
+    """`include_prompt: false`: the collator gives each text its prompt's token count, and the loss sees the
+    embeddings sentence-transformers' Pooling(include_prompt=False) makes (prompt attended to, not pooled) — in one
+    forward over all roles, one per role, and under GradCache; the saved model keeps the setting."""
+    from nlp_contrastive.losses.info_nce import InfoNCELoss
+    from nlp_contrastive.train import train
+    from transformers import TrainerCallback
+
+    seen, batches = [], []
+    original = InfoNCELoss.forward
+
+    def spy(self, anchor, positive, *args, **kwargs):
+        seen.append({"anchor": anchor.detach().clone(), "positive": positive.detach().clone()})
+        return original(self, anchor, positive, *args, **kwargs)
+
+    monkeypatch.setattr(InfoNCELoss, "forward", spy)
+
+    class FirstBatch(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if not batches:
+                batches.append(Batch.from_inputs(next(iter(kwargs["train_dataloader"]))))
+
+    prompts = {"anchor": "query: ", "positive": "passage: "}
+    out = tmp_path / "run"
+    train(INFONCE, tiny_overrides(str(tiny_model_dir), out, "--max_steps", "1", "--prompts",
+                                  "{anchor: 'query: ', positive: 'passage: '}", "--include_prompt", "false",
+                                  "--batch_sampler", "no_duplicates", "--cache_mini_batch_size", "3", *forward),
+          callbacks=[FirstBatch()])
+    initial = Encoder.from_pretrained(str(tiny_model_dir))  # the weights of step 1's forward (dropout 0)
+    initial.include_prompt = False
+    batch = batches[0]
+    for role, prompt in prompts.items():
+        features = batch.features[role]
+        counted = initial.prompt_length(prompt)
+        assert counted >= 3 and features["prompt_length"].tolist() == [counted] * len(features["input_ids"])
+        expected = initial(**features)
+        np.testing.assert_allclose(seen[0][role].numpy(), expected.detach().numpy(), atol=1e-5)
+        with_prompt = initial(input_ids=features["input_ids"], attention_mask=features["attention_mask"])
+        assert not np.allclose(expected.detach().numpy(), with_prompt.detach().numpy(), atol=1e-3)
+    assert Encoder.from_pretrained(str(out)).include_prompt is False
+    pooling = json.loads((out / "1_Pooling" / "config.json").read_text())
+    assert pooling["include_prompt"] is False
+
+
+def test_prompt_lengths_follow_each_source_and_leave_unprompted_roles_at_zero(data_dir):
+    import datasets
+
+    from nlp_contrastive.batch import BatchCollator, prompt_length_column
+
+    ds = datasets.Dataset.from_dict({"anchor": ["x", "y"], "positive": ["p", "q"], "negatives": [["n1", "n2"], []]})
+    counted = apply_prompts(ds, {"anchor": "find: "}, prompt_length=len)
+    assert counted[prompt_length_column("anchor")] == [6, 6] and counted[prompt_length_column("positive")] == [0, 0]
+    assert counted[prompt_length_column("negatives")] == [0, 0]
+    assert prompt_length_column("anchor") not in apply_prompts(ds, {"anchor": "find: "}).column_names
+    rows = [{"anchor_input_ids": [1, 5, 2], "negatives_input_ids": [[1, 6, 2], [1, 7, 7, 2]],
+             "anchor_prompt_length": 2, "negatives_prompt_length": 3},
+            {"anchor_input_ids": [1, 2], "negatives_input_ids": [[1, 8, 2]],
+             "anchor_prompt_length": 1, "negatives_prompt_length": 4}]
+    features = Batch.from_inputs(BatchCollator(pad_token_id=0)(rows)).features
+    assert features["anchor"]["prompt_length"].tolist() == [2, 1]
+    assert features["negatives"]["prompt_length"].tolist() == [3, 3, 4]  # one per flattened negative
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--prompts", "{anchor: 3}"], "prompts must map text roles to prompt strings"),
     (["--prompts", "{score: 'x'}"], r"prompts names role\(s\) \['score'\]"),
-    (["--prompts", "{anchor: 'q: '}", "--include_prompt", "false"], "include_prompt: false"),
 ])
 def test_bad_prompt_settings_fail_in_one_line(tiny_model_dir, tmp_path, data_dir, capsys, extra, message):
     import re
