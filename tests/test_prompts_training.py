@@ -103,9 +103,10 @@ def test_include_prompt_false_trains_on_embeddings_pooled_without_the_prompt_tok
     """`include_prompt: false`: the collator gives each text its prompt's token count, and the loss sees the
     embeddings sentence-transformers' Pooling(include_prompt=False) makes (prompt attended to, not pooled) — in one
     forward over all roles, one per role, and under GradCache; the saved model keeps the setting."""
+    from transformers import TrainerCallback
+
     from nlp_contrastive.losses.info_nce import InfoNCELoss
     from nlp_contrastive.train import train
-    from transformers import TrainerCallback
 
     seen, batches = [], []
     original = InfoNCELoss.forward
