@@ -14,23 +14,26 @@ the timed step.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+os.environ.setdefault("NLPC_DATA_DIR", str(REPO.parent / "shared" / "data"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchlib import bench_parser, interleaved, setup_run  # noqa: E402
+
+from nlp_contrastive.data import load_split  # noqa: E402
 
 DIMS = [384, 256, 128, 64, 32]
 
 
 def stsb_pairs(count: int) -> tuple[list[str], list[str]]:
-    data_dir = Path(os.environ.get("NLPC_DATA_DIR", "/work/shared/data"))
-    rows = [json.loads(line) for line in open(data_dir / "stsb" / "train.jsonl", encoding="utf-8")][:count]
-    return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows]
+    rows = load_split("stsb", "train").select(range(count))
+    return rows["sentence1"], rows["sentence2"]
 
 
 def main() -> int:

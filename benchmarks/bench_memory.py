@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+os.environ.setdefault("NLPC_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 TARGET_RATIO = 1.3
 CONFIGS = {"plain": {"batch": 64, "mini_batch": None}, "cached": {"batch": 1024, "mini_batch": 64}}
 
@@ -36,17 +37,16 @@ def peak_rss_mib() -> float:
 
 def short_stsb_pairs(tokenizer, count: int, max_length: int) -> list[tuple[str, str]]:
     """The first `count` STS-B train pairs whose two sentences are at most `max_length` tokens long."""
-    data_dir = Path(os.environ.get("NLPC_DATA_DIR", "/work/shared/data"))
+    from nlp_contrastive.data import load_split
+
     pairs = []
-    with open(data_dir / "stsb" / "train.jsonl", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            pair = (row["sentence1"], row["sentence2"])
-            if max(len(ids) for ids in tokenizer(list(pair))["input_ids"]) <= max_length:
-                pairs.append(pair)
+    for row in load_split("stsb", "train"):
+        pair = (row["sentence1"], row["sentence2"])
+        if max(len(ids) for ids in tokenizer(list(pair))["input_ids"]) <= max_length:
+            pairs.append(pair)
     if len(pairs) < count:
-        raise SystemExit(f"{data_dir}/stsb/train.jsonl has {len(pairs)} pairs of <= {max_length} tokens, {count} "
-                         "needed: raise --max-length or lower --steps")
+        raise SystemExit(f"STS-B train has {len(pairs)} pairs of <= {max_length} tokens, {count} needed: raise "
+                         "--max-length or lower --steps")
     return pairs[:count]
 
 
