@@ -200,7 +200,7 @@ class MatryoshkaLoss(LossModule):
         self.dims, self.weights, self.normalize = dims, weights, bool(normalize)
         self.self_distill = check_self_distill(self_distill)
         # self_distill compares across processes when the wrapped loss does (info_nce's gather_across_devices).
-        self._gathers = bool(getattr(inner, "get_config_dict", dict)().get("gather_across_devices", False))
+        self._gathers = bool(_config_of(inner).get("gather_across_devices", False))
         self.roles = tuple(getattr(inner, "roles", ()))
         self.optional_roles = tuple(getattr(inner, "optional_roles", ()))
         self.requires_in_batch_negatives = bool(getattr(inner, "requires_in_batch_negatives", False))
@@ -215,8 +215,7 @@ class MatryoshkaLoss(LossModule):
                              f"use dims <= {model_dim}")
 
     def get_config_dict(self) -> dict[str, Any]:
-        inner_config = self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}
-        return {"loss": _registry_name(self.loss), "loss_kwargs": inner_config, "dims": list(self.dims),
+        return {"loss": _registry_name(self.loss), "loss_kwargs": _config_of(self.loss), "dims": list(self.dims),
                 "weights": list(self.weights), "normalize": self.normalize, "self_distill": self.self_distill}
 
     def extra_repr(self) -> str:
@@ -252,6 +251,11 @@ def _build_inner(loss: nn.Module | str, loss_kwargs: dict | None) -> nn.Module:
         return LOSSES[loss](**(loss_kwargs or {}))
     except TypeError as exc:
         raise ValueError(f"bad loss_kwargs for '{loss}' inside matryoshka: {exc}") from None
+
+
+def _config_of(loss: nn.Module) -> dict[str, Any]:
+    """The wrapped loss's settings ({} for a module without `get_config_dict`, e.g. a user's own)."""
+    return loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
 
 
 def _registry_name(loss: nn.Module) -> str:
