@@ -121,6 +121,10 @@ def _loss_and_rows(model, tokenizer, anchors, positives, negatives, *, symmetric
     return loss, info_nce(**detached, **options, reduction="none")
 
 
+# Matryoshka + self_distill scenarios: rows on rank 0 (of the 8), equal and uneven halves.
+MATRYOSHKA_SPLITS = {"matryoshka": 4, "matryoshka uneven": 5}
+
+
 def _matryoshka_loss(model, tokenizer, anchors, positives, negatives, *, gather):
     """Matryoshka(InfoNCE) with self_distill: the prefix-similarity term compares rows across processes too."""
     loss = MatryoshkaLoss(InfoNCELoss(temperature=0.05, gather_across_devices=gather), dims=[32, 16, 8],
@@ -150,7 +154,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                                            gather=True)
             loss.backward()
             results[name] = {"loss": loss.detach(), "rows": per_row, "grads": _gradients(model.module)}
-        for name, split in (("matryoshka", 4), ("matryoshka uneven", 5)):
+        for name, split in MATRYOSHKA_SPLITS.items():
             rows = slice(0, split) if rank == 0 else slice(split, None)
             model.zero_grad(set_to_none=True)
             loss = _matryoshka_loss(model, encoder.tokenizer, ANCHORS[rows], POSITIVES[rows], NEGATIVES[rows],
@@ -228,9 +232,9 @@ def test_two_processes_equal_one_process_on_the_full_batch(two_process_results, 
     assert not torch.allclose(half_rows, full_rows[: spec["split"]], rtol=1e-3)
 
 
-@pytest.mark.parametrize("scenario, split", [("matryoshka", 4), ("matryoshka uneven", 5)])
+@pytest.mark.parametrize("scenario", list(MATRYOSHKA_SPLITS))
 def test_matryoshka_self_distill_on_two_processes_equals_one_process(two_process_results, single_process_encoder,
-                                                                     scenario, split):
+                                                                     scenario):
     """Matryoshka(InfoNCE) + self_distill with gathering: every process's rows enter the prefix-similarity term,
     so the ranks' average loss and the DDP-averaged gradients are those of one process on the whole batch."""
     encoder = single_process_encoder
