@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from transformers import TrainerCallback
 
 from nlp_contrastive.batch import Batch
 from nlp_contrastive.modeling import Encoder
-from nlp_contrastive.train import main, with_prompts
+from nlp_contrastive.train import main, train, with_prompts
 from nlp_contrastive.train_data import apply_prompts, role_prompts
 from tests.conftest import REPO_ROOT, make_tiny_encoder
 from tests.test_trainer import tiny_overrides
@@ -17,24 +18,24 @@ INFONCE = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")
 TEXTS = ["a man is playing a guitar", "the cat sleeps on the mat", "query about proteins"]
 
 
+class FirstBatch(TrainerCallback):
+    """Keeps the training loader's first batch (as a `Batch`) in `self.batch`."""
+
+    batch: Batch | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.batch is None:
+            self.batch = Batch.from_inputs(next(iter(kwargs["train_dataloader"])))
+
+
 def test_training_sees_prompted_texts_and_st_reproduces_our_embeddings(tiny_model_dir, tmp_path, data_dir, capsys):
-    seen = []
     out = tmp_path / "run"
-    from transformers import TrainerCallback
-
-    class CatchBatch(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            loader = kwargs["train_dataloader"]
-            if not seen:
-                batch = Batch.from_inputs(next(iter(loader)))
-                seen.append(batch)
-
-    from nlp_contrastive.train import train
-
+    first = FirstBatch()
     train(INFONCE, tiny_overrides(str(tiny_model_dir), out, "--max_steps", "2", "--prompts",
                                   "{anchor: 'query: ', positive: 'passage: '}", "--final_eval_tasks",
                                   "[{name: sts, type: sts, dataset: stsb, split: test, max_rows: 50}]"),
-          callbacks=[CatchBatch()])
+          callbacks=[first])
+    seen = [first.batch]
     tokenizer = make_tiny_encoder().tokenizer
     anchors = tokenizer.batch_decode(seen[0].features["anchor"]["input_ids"], skip_special_tokens=True)
     positives = tokenizer.batch_decode(seen[0].features["positive"]["input_ids"], skip_special_tokens=True)
@@ -103,12 +104,9 @@ def test_include_prompt_false_trains_on_embeddings_pooled_without_the_prompt_tok
     """`include_prompt: false`: the collator gives each text its prompt's token count, and the loss sees the
     embeddings sentence-transformers' Pooling(include_prompt=False) makes (prompt attended to, not pooled) — in one
     forward over all roles, one per role, and under GradCache; the saved model keeps the setting."""
-    from transformers import TrainerCallback
-
     from nlp_contrastive.losses.info_nce import InfoNCELoss
-    from nlp_contrastive.train import train
 
-    seen, batches = [], []
+    seen = []
     original = InfoNCELoss.forward
 
     def spy(self, anchor, positive, *args, **kwargs):
@@ -116,21 +114,16 @@ def test_include_prompt_false_trains_on_embeddings_pooled_without_the_prompt_tok
         return original(self, anchor, positive, *args, **kwargs)
 
     monkeypatch.setattr(InfoNCELoss, "forward", spy)
-
-    class FirstBatch(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if not batches:
-                batches.append(Batch.from_inputs(next(iter(kwargs["train_dataloader"]))))
-
+    first = FirstBatch()
     prompts = {"anchor": "query: ", "positive": "passage: "}
     out = tmp_path / "run"
     train(INFONCE, tiny_overrides(str(tiny_model_dir), out, "--max_steps", "1", "--prompts",
                                   "{anchor: 'query: ', positive: 'passage: '}", "--include_prompt", "false",
                                   "--batch_sampler", "no_duplicates", "--cache_mini_batch_size", "3", *forward),
-          callbacks=[FirstBatch()])
+          callbacks=[first])
     initial = Encoder.from_pretrained(str(tiny_model_dir))  # the weights of step 1's forward (dropout 0)
     initial.include_prompt = False
-    batch = batches[0]
+    batch = first.batch
     for role, prompt in prompts.items():
         features = batch.features[role]
         counted = initial.prompt_length(prompt)
