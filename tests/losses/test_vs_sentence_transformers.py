@@ -164,8 +164,7 @@ def test_batch_hard_and_batch_all_equal(distance, metric):
 
 
 # --------------------------------------------------------------------- AnglE, distillation, Matryoshka
-from sentence_transformers.base.losses.merged_forward import column_merging_disabled  # noqa: E402
-from torch import nn  # noqa: E402
+from sentence_transformers.base.losses import column_merging_disabled  # noqa: E402
 
 from nlp_contrastive.losses import (  # noqa: E402
     InfoNCELoss,
@@ -214,45 +213,77 @@ def test_margin_mse_equals_margin_mse_loss(n_negatives, similarity):
               lambda c, y=labels: theirs.compute_loss_from_embeddings(c, y), _columns(2 + n_negatives))
 
 
-class _EmbeddingsAsModel(nn.Module):
-    """A stand-in SentenceTransformer whose 'features' already are the embeddings (ST losses hold a model)."""
+# Matryoshka: sentence-transformers' MatryoshkaLoss wraps a loss that holds a model and calls it on tokenized
+# features (its documented input), so both sides run on a real SentenceTransformer loaded from a tiny local model:
+# ours on the embeddings its public forward returns, theirs on the features. Values and gradients w.r.t. the
+# model's parameters must agree. No stand-in for an ST class: only its public API.
+TEXTS = ["a man plays a guitar", "a woman is slicing an onion", "the cat sits on the mat", "kids run in a park",
+         "a plane is taking off", "someone is cooking rice", "two dogs fight over a toy", "the sun sets at sea"]
+TINY_DIM = 32
 
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
 
-    def get_embedding_dimension(self) -> int:
-        return self.dim
+@pytest.fixture
+def st_model(tmp_path):
+    from sentence_transformers import SentenceTransformer
 
-    def forward(self, features):
-        return {"sentence_embedding": features["embedding"]}
+    from tests.conftest import make_tiny_encoder
+
+    path = tmp_path / "tiny-st"
+    make_tiny_encoder(hidden=TINY_DIM).save_pretrained(path)
+    return SentenceTransformer(str(path), device="cpu").double()
+
+
+def _features(model, n_columns: int) -> list[dict]:
+    """n_columns batches of B texts (a rotation of TEXTS per column), tokenized by the model's public preprocess."""
+    return [model.preprocess(TEXTS[c:] + TEXTS[:c]) for c in range(n_columns)]
+
+
+def _same_through_model(model, ours_fn, theirs_fn, features, atol=1e-10):
+    """Equal loss values and equal gradients w.r.t. every parameter of the model."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    ours, theirs = ours_fn(features), theirs_fn(features)
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=1e-8, atol=atol)
+    g_ours = torch.autograd.grad(ours, parameters, allow_unused=True)
+    g_theirs = torch.autograd.grad(theirs, parameters, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in g_ours)
+    for a, b in zip(g_ours, g_theirs, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=atol)
+
+
+def _embeddings(model, features: list[dict]) -> list[torch.Tensor]:
+    return [model(dict(f))["sentence_embedding"] for f in features]
 
 
 @pytest.mark.parametrize("n_negatives", [0, 2])
-def test_matryoshka_info_nce_equals_matryoshka_mnrl(n_negatives):
-    dims, weights = [6, 4, 2], [1.0, 0.5, 2.0]
-    model = _EmbeddingsAsModel(D)
-    theirs = st_losses.MatryoshkaLoss(model, st_losses.MultipleNegativesRankingLoss(model, scale=20.0),
+def test_matryoshka_info_nce_equals_matryoshka_mnrl(st_model, n_negatives):
+    dims, weights = [32, 16, 8], [1.0, 0.5, 2.0]
+    theirs = st_losses.MatryoshkaLoss(st_model, st_losses.MultipleNegativesRankingLoss(st_model, scale=20.0),
                                       matryoshka_dims=dims, matryoshka_weights=weights)
     # Our dims in another order (same pairs): the order must not matter.
-    ours = MatryoshkaLoss(InfoNCELoss(temperature=0.05), dims=[2, 6, 4], weights=[2.0, 1.0, 0.5])
+    ours = MatryoshkaLoss(InfoNCELoss(temperature=0.05), dims=[8, 32, 16], weights=[2.0, 1.0, 0.5])
 
-    def st_value(c):
+    def our_value(features):
+        c = _embeddings(st_model, features)
+        return ours(anchor=c[0], positive=c[1], negatives=torch.stack(c[2:], dim=1) if n_negatives else None)
+
+    def st_value(features):
         with column_merging_disabled():
-            return theirs([{"embedding": x} for x in c], _no_labels())
+            return theirs([dict(f) for f in features], _no_labels())
 
-    _same(lambda c: ours(anchor=c[0], positive=c[1], negatives=torch.stack(c[2:], dim=1) if n_negatives else None),
-          st_value, _columns(2 + n_negatives))
+    _same_through_model(st_model, our_value, st_value, _features(st_model, 2 + n_negatives))
 
 
-def test_matryoshka_mse_distillation_equals_matryoshka_mse_loss():
-    teacher = torch.randn(B, D, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    model = _EmbeddingsAsModel(D)
-    theirs = st_losses.MatryoshkaLoss(model, st_losses.MSELoss(model), matryoshka_dims=[6, 3])
-    ours = MatryoshkaLoss(MSEDistillationLoss(), dims=[3, 6])
+def test_matryoshka_mse_distillation_equals_matryoshka_mse_loss(st_model):
+    teacher = torch.randn(B, TINY_DIM, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    theirs = st_losses.MatryoshkaLoss(st_model, st_losses.MSELoss(st_model), matryoshka_dims=[32, 12])
+    ours = MatryoshkaLoss(MSEDistillationLoss(), dims=[12, 32])
 
-    def st_value(c):
+    def st_value(features):
         with column_merging_disabled():
-            return theirs([{"embedding": c[0]}], teacher)
+            return theirs([dict(f) for f in features], teacher)
 
-    _same(lambda c: ours(anchor=c[0], teacher_embedding=teacher), st_value, _columns(1))
+    _same_through_model(st_model, lambda f: ours(anchor=_embeddings(st_model, f)[0], teacher_embedding=teacher),
+                        st_value, _features(st_model, 1))
