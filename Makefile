@@ -10,16 +10,18 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install main train eval test test-fast lint bench bench-encode bench-eval bench-train bench-memory bench-matryoshka clean \
+.PHONY: install main train eval test test-fast test-latest constraints lint bench bench-encode bench-eval bench-train bench-memory bench-matryoshka clean \
 	scifact bench-retrieval
 
 install: $(VENV)/.installed
 
 # torch first and pinned: the CPU wheel, so the range in pyproject.toml never pulls a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# constraints.txt: the exact versions CI last ran the suite on, so a fresh machine installs what was tested
+# (pyproject.toml keeps the honest ranges; `make test-latest` meets new releases on purpose).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $@
 
 main: train                    ## train the default recipe on the default model, then evaluate (table printed)
@@ -35,6 +37,25 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The newest releases pyproject.toml allows, in a venv of their own (never CI's default path): run it before
+# moving constraints.txt forward, or when a dependency ships a release. Green -> `make constraints` writes its
+# versions into constraints.txt; red -> fix the code, or bound the range in pyproject.toml with the reason.
+LATEST_VENV ?= .venv-latest
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
+	$(LATEST_VENV)/bin/pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST_VENV)/bin/python -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in \
+		('sentence-transformers', 'transformers', 'accelerate', 'datasets', 'peft', 'huggingface_hub', 'deepspeed')))"
+	$(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+constraints:
+	test -x $(LATEST_VENV)/bin/pip || { echo "run make test-latest first: constraints come from its venv"; exit 2; }
+	{ echo "# Versions the suite passed on (make test-latest, then make constraints); used by make install."; \
+	  $(LATEST_VENV)/bin/pip freeze --exclude-editable --disable-pip-version-check | sed 's/+cpu$$//'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 lint: install
 	$(BIN)/ruff check nlp_contrastive tests eval benchmarks examples
@@ -67,7 +88,7 @@ bench-retrieval: install
 	$(BIN)/python benchmarks/bench_retrieval.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) outputs .pytest_cache
 
 # The lower bounds of pyproject.toml for transformers and accelerate, laid over the dev venv (--no-deps, first on
 # PYTHONPATH), then the trainer's fast tests. Change MIN_VERSIONS together with pyproject.toml.
