@@ -12,10 +12,12 @@ CPU, where oneDNN runs bf16 by converting to fp32 (correct, but slower than fp32
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,24 @@ def encode_autocast(device: Any, bf16: bool | None = None):
     if device_type not in ("cpu", "cuda"):
         bf16 = False
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+
+
+@contextlib.contextmanager
+def fp32_evaluation(encoder: Any) -> Iterator[Any]:
+    """Run the enclosed evaluation in fp32 even after bf16/fp16 training.
+
+    Under mixed precision accelerate replaces the model's `forward` by an autocast wrapper (and keeps the original
+    as `_original_forward`); it is set aside here, and autocast is off, so the numbers written during and at the
+    end of training are those `nlp-contrastive eval` gives on the saved model, on every CPU class.
+    """
+    import torch
+
+    patched, original = encoder.__dict__.get("forward"), encoder.__dict__.get("_original_forward")
+    if patched is not None and original is not None:
+        encoder.forward = original
+    try:
+        with torch.autocast(encoder.device.type, enabled=False):
+            yield encoder
+    finally:
+        if patched is not None and original is not None:
+            encoder.forward = patched

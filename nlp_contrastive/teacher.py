@@ -213,7 +213,7 @@ def add_teacher_embeddings(ds: datasets.Dataset, teacher: str, *, max_seq_length
     def encode(batch):
         if not loaded:
             loaded.append(load_teacher(teacher, max_seq_length))
-        vectors = loaded[0].encode(batch["anchor"], batch_size=batch_size, convert_to="numpy")
+        vectors = loaded[0].encode(batch["anchor"], batch_size=batch_size, convert_to="numpy", bf16=None)  # auto
         return {TEACHER_ROLE: vectors.astype(np.float32)}
 
     guard = main_process_first(desc="Teacher embeddings") if main_process_first else contextlib.nullcontext()

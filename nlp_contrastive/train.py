@@ -221,12 +221,14 @@ def final_evaluation(recipe: config.Recipe, encoder: Encoder, output_dir: Path) 
     if not recipe.eval.final_eval_tasks:
         return {}
     from nlp_contrastive.evaluation.suite import format_table, load_suite
+    from nlp_contrastive.precision import fp32_evaluation
 
     suite = load_suite({"tasks": with_prompts(recipe.eval.final_eval_tasks, recipe.data.prompts),
                         "batch_size": recipe.eval.eval_batch_size})
     if encoder.matryoshka_dims:  # every task at full size and at each smaller trained dimension
         suite = suite.at_dimensions([None, *(d for d in encoder.matryoshka_dims if d < encoder.dimension)])
-    results = suite(encoder)
+    with fp32_evaluation(encoder):  # after bf16 training the live encoder's forward autocasts
+        results = suite(encoder)
     write_results(output_dir, results, suite.describe())
     print(format_table(results), flush=True)
     return results

@@ -28,6 +28,7 @@ from nlp_contrastive.lora import LORA_ADAPTER_CONFIG, load_adapter_weights
 from nlp_contrastive.losses.build import SourceLosses
 from nlp_contrastive.losses.cached import CachedLoss, accelerator_sync
 from nlp_contrastive.modeling import Encoder
+from nlp_contrastive.precision import fp32_evaluation
 
 LOSS_PARAMETERS_NAME = "loss_parameters.safetensors"  # in checkpoints: learnable loss scale/bias
 logger = logging.getLogger(__name__)
@@ -383,17 +384,9 @@ class ContrastiveTrainer(Trainer):
         if self.evaluator is None:
             return {}
         encoder = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        autocast_forward = encoder.__dict__.get("forward")
-        original_forward = encoder.__dict__.get("_original_forward")
-        if autocast_forward is not None and original_forward is not None:
-            encoder.forward = original_forward
-        try:
-            # Every rank evaluates (same data, same weights), so best-model decisions agree across processes.
-            with torch.autocast(encoder.device.type, enabled=False):
-                results = self.evaluator(encoder)
-        finally:
-            if autocast_forward is not None and original_forward is not None:
-                encoder.forward = autocast_forward
+        # Every rank evaluates (same data, same weights), so best-model decisions agree across processes.
+        with fp32_evaluation(encoder):
+            results = self.evaluator(encoder)
         metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in results.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

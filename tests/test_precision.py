@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,10 +101,13 @@ def test_encode_autocasts_only_where_bf16_is_native(cpu_flags, tiny_encoder):
     cpu_flags(AVX2_ONLY | {"avx512_bf16"})
     with precision.encode_autocast("cpu"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    fp32 = tiny_encoder.encode(["a short text", "another one"], bf16=False)
-    bf16 = tiny_encoder.encode(["a short text", "another one"])  # auto: native here, so bf16
+    fp32 = tiny_encoder.encode(["a short text", "another one"])  # the default: fp32 on every CPU class
+    assert np.array_equal(fp32, tiny_encoder.encode(["a short text", "another one"], bf16=False))
+    bf16 = tiny_encoder.encode(["a short text", "another one"], bf16=None)  # auto: native here, so bf16
     assert fp32.dtype == bf16.dtype == "float32"
     assert 0 < abs(fp32 - bf16).max() < 0.1  # bf16 really ran, and is close
+    cpu_flags(AVX2_ONLY)
+    assert np.array_equal(fp32, tiny_encoder.encode(["a short text", "another one"], bf16=None))  # auto: fp32
 
 
 def test_precision_is_recorded_in_the_run_record_and_the_model_card(cpu_flags, tmp_path):
@@ -127,3 +131,26 @@ def test_every_shipped_recipe_says_auto_and_trains_fp32_on_an_avx2_cpu(cpu_flags
     for path in recipes:
         recipe = load_recipe(str(path))
         assert recipe.precision.requested == "auto" and recipe.training.bf16 is False, path.name
+
+
+def test_results_after_bf16_training_are_the_saved_models_fp32_numbers(tiny_model_dir, tmp_path, data_dir):
+    """bf16 training leaves accelerate's autocast wrapper on the live encoder's forward: the final evaluation must
+    still run in fp32, i.e. give exactly what evaluating the saved model gives."""
+    import json
+
+    from nlp_contrastive.evaluation.suite import load_suite
+    from nlp_contrastive.modeling import Encoder
+    from nlp_contrastive.train import main
+    from tests.conftest import REPO_ROOT
+    from tests.test_trainer import tiny_overrides
+
+    task = {"name": "stsb-test", "type": "sts", "dataset": "stsb", "split": "test", "max_rows": 200}
+    out = tmp_path / "run"
+    assert main([str(REPO_ROOT / "recipes" / "stsb-cosine.yaml"),
+                 *tiny_overrides(str(tiny_model_dir), out, "--max_steps", "2", "--learning_rate", "1e-3",
+                                 "--bf16", "true", "--final_eval_tasks", json.dumps([task]))]) == 0
+    written = json.loads((out / "results.json").read_text())["stsb-test"]
+    saved = load_suite({"tasks": [task]})(Encoder.from_pretrained(str(out)))["stsb-test"]
+    assert written.keys() == saved.keys()
+    for metric in written:  # pearson too: spearman (ranks) can hide a bf16 difference
+        assert written[metric] == pytest.approx(saved[metric], abs=1e-7), metric

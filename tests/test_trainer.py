@@ -19,7 +19,9 @@ INFONCE = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")
 
 
 def tiny_overrides(model_dir, output_dir, *extra):
-    return ["--model_name_or_path", model_dir, "--output_dir", str(output_dir), "--max_train_rows", "48",
+    """A few steps of a tiny run. fp32 on every CPU class (`bf16: auto` would train in bf16 on AVX512-BF16/AMX
+    machines only), so exact comparisons hold everywhere; the auto choice has its own tests (test_precision)."""
+    return ["--model_name_or_path", model_dir, "--output_dir", str(output_dir), "--max_train_rows", "48", "--bf16", "false",
             "--per_device_train_batch_size", "8", "--eval_tasks", "[]", "--final_eval_tasks", "[]",
             "--logging_steps", "1", "--use_cpu", "true", "--report_to", "none", "--eval_strategy", "no",
             "--save_strategy", "no", "--load_best_model_at_end", "false", *extra]
