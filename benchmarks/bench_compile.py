@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from benchlib import bench_parser, setup_run  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
-from nlp_contrastive.data import load_split  # noqa: E402
+from nlp_contrastive.data.loading import load_split  # noqa: E402
 from nlp_contrastive.modeling import resolve_model_path  # noqa: E402
 
 WARM_UP_STEPS = 4  # dynamic-shape compiles settle after a few distinct lengths

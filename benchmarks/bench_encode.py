@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from benchlib import interleaved, parse_bench_args, report, setup_run, st_autocast  # noqa: E402  (benchmarks/benchlib.py)
 
-from nlp_contrastive.data import load_split  # noqa: E402
+from nlp_contrastive.data.loading import load_split  # noqa: E402
 from nlp_contrastive.modeling import Encoder, resolve_model_path  # noqa: E402
 
 

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from benchlib import bench_parser, interleaved, report, setup_run, st_autocast  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from nlp_contrastive.data import load_split  # noqa: E402
+from nlp_contrastive.data.loading import load_split  # noqa: E402
 from nlp_contrastive.evaluation import load_suite  # noqa: E402
 from nlp_contrastive.evaluation.retrieval import RetrievalEvaluator, exact_top_k  # noqa: E402
 from nlp_contrastive.evaluation.retrieval_data import load_beir_folder  # noqa: E402

@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchlib import bench_parser, interleaved, setup_run  # noqa: E402
 
-from nlp_contrastive.data import load_split  # noqa: E402
+from nlp_contrastive.data.loading import load_split  # noqa: E402
 
 DIMS = [384, 256, 128, 64, 32]
 

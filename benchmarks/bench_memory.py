@@ -37,7 +37,7 @@ def peak_rss_mib() -> float:
 
 def short_stsb_pairs(tokenizer, count: int, max_length: int) -> list[tuple[str, str]]:
     """The first `count` STS-B train pairs whose two sentences are at most `max_length` tokens long."""
-    from nlp_contrastive.data import load_split
+    from nlp_contrastive.data.loading import load_split
 
     pairs = []
     for row in load_split("stsb", "train"):

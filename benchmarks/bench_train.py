@@ -33,8 +33,8 @@ RECIPES = {"cosine": REPO / "recipes" / "stsb-cosine.yaml", "infonce": REPO / "r
 
 
 def _train_rows(recipe_path: Path, max_rows: int | None):
-    from nlp_contrastive import train_data
     from nlp_contrastive.config import load_recipe
+    from nlp_contrastive.data import train_data
 
     recipe = load_recipe(str(recipe_path))
     return train_data.build_train_dataset(recipe.data.train_data, max_rows=max_rows), recipe
@@ -45,14 +45,14 @@ def tokenization_seconds(kind: str, max_rows: int | None) -> tuple[float, float]
     sides' seconds include tokenization."""
     import datasets
 
-    from nlp_contrastive import data
+    from nlp_contrastive.data import loading
     from nlp_contrastive.modeling import DEFAULT_MODEL, Encoder
 
     ds, _ = _train_rows(RECIPES[kind], max_rows)
     encoder = Encoder.from_pretrained(DEFAULT_MODEL)
     datasets.disable_caching()
     start, cpu_start = time.perf_counter(), time.process_time()
-    data.tokenize_roles(ds, encoder.tokenizer, encoder.max_seq_length)
+    loading.tokenize_roles(ds, encoder.tokenizer, encoder.max_seq_length)
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 

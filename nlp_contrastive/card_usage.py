@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nlp_contrastive.sources import is_hub_id
+from nlp_contrastive.data.sources import NAMED_SETS, is_hub_id
 
 EXAMPLE_SENTENCES = (
     "The weather is lovely today.",
@@ -110,15 +110,11 @@ def base_model_id(base: Any) -> str | None:
 
 
 def hub_dataset(name: Any) -> tuple[str | None, str | None]:
-    """(hub id, config) of a dataset given by hub id or by one of data.py's named sets; (None, None) otherwise."""
+    """(hub id, config) of a dataset given by hub id or by one of the named sets (data/sources.py); (None, None) otherwise."""
     if not isinstance(name, str) or not name:
         return None, None
     if is_hub_id(name):
         return name, None
-    try:
-        from nlp_contrastive.data import NAMED_SETS
-    except Exception:
-        return None, None
     spec = NAMED_SETS.get(name)
     return (spec.hub_id, spec.hub_config) if spec and spec.hub_id else (None, None)
 

@@ -126,7 +126,7 @@ def load_positives(data: str | Path, split: str = "train", *, query_column: str 
     """A BEIR folder (qrels relevance >= 1 of `split`) or a pairs file (corpus = its distinct positives)."""
     if is_beir_folder(data):
         return beir_positives(str(data), split)
-    from nlp_contrastive.data import load_split
+    from nlp_contrastive.data.loading import load_split
 
     try:
         rows = load_split(str(data), split)

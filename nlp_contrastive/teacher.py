@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nlp_contrastive.data import first_bad_row
+from nlp_contrastive.data.loading import first_bad_row
 
 TEACHER_CACHE_ENV = "NLPC_TEACHER_CACHE"
 TEACHER_ROLE = "teacher_embedding"

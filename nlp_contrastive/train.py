@@ -16,8 +16,9 @@ import numpy as np
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from nlp_contrastive import config, data, sampling, student, teacher, train_data
-from nlp_contrastive.batch import SOURCE_COLUMN
+from nlp_contrastive import config, student, teacher
+from nlp_contrastive.data import loading, multi_dataset, sampling, train_data
+from nlp_contrastive.data.batch import SOURCE_COLUMN
 from nlp_contrastive.losses.build import build_recipe_loss
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.run_record import CURVES_FILE, build_run_record, plot_training_curves, write_results
@@ -64,11 +65,11 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
                                                   student=recipe.model.model_name_or_path,
                                                   max_seq_length=encoder.max_seq_length,
                                                   main_process_first=args.main_process_first)
-    train_ds = data.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
-                                   num_proc=recipe.data.tokenize_num_proc)
-    batch_sampler_factory = sampling.batch_sampler_factory(recipe.data.batch_sampler, multi,
-                                                           source_weights=recipe.data.source_weights,
-                                                           sampling_temperature=recipe.data.sampling_temperature)
+    train_ds = loading.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
+                                      num_proc=recipe.data.tokenize_num_proc)
+    batch_sampler_factory = multi_dataset.batch_sampler_factory(recipe.data.batch_sampler, multi,
+                                                                source_weights=recipe.data.source_weights,
+                                                                sampling_temperature=recipe.data.sampling_temperature)
     if args.should_log:  # the sampler built here is the one the trainer gets from the factory
         batches = sampling.batches_per_epoch(batch_sampler_factory, train_ds, args.per_device_train_batch_size, args)
         source_rows = list(np.bincount(train_ds[SOURCE_COLUMN][:], minlength=len(sources))) if multi else None

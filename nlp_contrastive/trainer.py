@@ -22,7 +22,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from nlp_contrastive.batch import ROW_ID, SOURCE_COLUMN, Batch, BatchCollator
+from nlp_contrastive.data.batch import ROW_ID, SOURCE_COLUMN, Batch, BatchCollator
 from nlp_contrastive.distributed import average_gradients_across_ranks
 from nlp_contrastive.lora import LORA_ADAPTER_CONFIG, load_adapter_weights
 from nlp_contrastive.losses.build import SourceLosses
@@ -225,7 +225,7 @@ class ContrastiveTrainer(Trainer):
         loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         # Our samplers give every rank the same number of batches; accelerate < 1.2 refuses a batch sampler
-        # without batch_size (see nlp_contrastive.sampling) unless even_batches is off.
+        # without batch_size (see nlp_contrastive.data.sampling) unless even_batches is off.
         even_batches, self.accelerator.even_batches = self.accelerator.even_batches, False
         try:
             prepared = self.accelerator.prepare(loader)

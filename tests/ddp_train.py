@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from nlp_contrastive import data, train
-from nlp_contrastive.batch import BatchCollator
+from nlp_contrastive import train
+from nlp_contrastive.data import loading
+from nlp_contrastive.data.batch import BatchCollator
 from nlp_contrastive.trainer import ContrastiveTrainer
 
 
@@ -49,7 +50,7 @@ class KillAfter(TrainerCallback):
 def record_rows(directory: Path) -> None:
     """Tag each row with its index, carry it through the collator, and log it where the loss sees the batch."""
     directory.mkdir(parents=True, exist_ok=True)
-    tokenize, collate, compute_loss = data.tokenize_roles, BatchCollator.__call__, ContrastiveTrainer.compute_loss
+    tokenize, collate, compute_loss = loading.tokenize_roles, BatchCollator.__call__, ContrastiveTrainer.compute_loss
 
     def tokenize_with_ids(ds, *args, **kwargs):
         return tokenize(ds, *args, **kwargs).add_column("row_id", list(range(len(ds))))
@@ -63,7 +64,7 @@ def record_rows(directory: Path) -> None:
             f.write(json.dumps({"step": self.state.global_step, "rows": inputs["row_id"].tolist()}) + "\n")
         return compute_loss(self, model, inputs, *args, **kwargs)
 
-    data.tokenize_roles = tokenize_with_ids
+    loading.tokenize_roles = tokenize_with_ids
     BatchCollator.__call__ = collate_with_ids
     ContrastiveTrainer.compute_loss = recording_compute_loss
 

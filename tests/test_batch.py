@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from nlp_contrastive.batch import Batch, BatchCollator
+from nlp_contrastive.data.batch import Batch, BatchCollator
 from nlp_contrastive.losses import InfoNCELoss
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nlp_contrastive.batch import Batch
+from nlp_contrastive.data.batch import Batch
 
 
 def features(n: int, width: int) -> dict[str, torch.Tensor]:

@@ -9,8 +9,8 @@ import datasets
 import pytest
 import torch
 
-from nlp_contrastive import data, train_data
-from nlp_contrastive.batch import Batch, BatchCollator
+from nlp_contrastive.data import loading, train_data
+from nlp_contrastive.data.batch import Batch, BatchCollator
 from nlp_contrastive.losses import InfoNCELoss
 from nlp_contrastive.train import main, train
 from tests.conftest import REPO_ROOT, make_tiny_encoder
@@ -60,7 +60,7 @@ def test_known_positives_are_masked_in_the_loss_the_trainer_computes(tmp_path):
     doc = {i: f"{t} {x}" for i, (t, x) in CORPUS.items()}
     texts = {"anchor": [QUERIES["q1"], QUERIES["q2"], QUERIES["q3"]], "positive": [doc["d1"], doc["d2"], doc["d3"]],
              "known_positives": [[doc["d1"], doc["d2"]], [doc["d2"]], [doc["d3"]]]}
-    ds = data.tokenize_roles(datasets.Dataset.from_dict(texts), encoder.tokenizer, 64)
+    ds = loading.tokenize_roles(datasets.Dataset.from_dict(texts), encoder.tokenizer, 64)
     batch = Batch.from_inputs(BatchCollator(0)(ds.to_list()))
     loss = InfoNCELoss(temperature=0.5)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from nlp_contrastive import teacher as teacher_module
-from nlp_contrastive.batch import BatchCollator, token_column
+from nlp_contrastive.data.batch import BatchCollator, token_column
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.train import main, train
 from tests.conftest import REPO_ROOT, make_tiny_encoder

@@ -220,7 +220,7 @@ def test_cli_mines_a_beir_folder_into_a_train_data_source(tmp_path, capsys, tiny
     for row in rows:
         assert len(row["negatives"]) == 3 and not set(row["negatives"]) & set(row["known_positives"])
         assert row["negative_scores"] == sorted(row["negative_scores"], reverse=True)
-    from nlp_contrastive.train_data import build_train_dataset
+    from nlp_contrastive.data.train_data import build_train_dataset
 
     ds = build_train_dataset([{"dataset": str(out), "columns": {"anchor": "query", "positive": "positive",
                                                                  "negatives": "negatives"}}])

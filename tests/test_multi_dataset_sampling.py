@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from nlp_contrastive.multi_dataset import MultiDatasetBatchSampler, batches_per_source
-from nlp_contrastive.sampling import NoDuplicatesBatchSampler
+from nlp_contrastive.data.multi_dataset import MultiDatasetBatchSampler, batches_per_source
+from nlp_contrastive.data.sampling import NoDuplicatesBatchSampler
 from nlp_contrastive.train import main
 from tests.conftest import REPO_ROOT, TWO_PROCESSES
 from tests.test_trainer import tiny_overrides
@@ -88,7 +88,7 @@ def test_through_the_trainer_batches_keep_their_source(tiny_model_dir, tmp_path,
 
 def record_batch_prompts(monkeypatch) -> list:
     """Patch compute_loss to record the first word of every anchor of each batch (the source's prompt)."""
-    from nlp_contrastive.batch import Batch
+    from nlp_contrastive.data.batch import Batch
     from nlp_contrastive.trainer import ContrastiveTrainer
 
     seen, original = [], ContrastiveTrainer.compute_loss

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from nlp_contrastive import train_data
-from nlp_contrastive.batch import BatchCollator
 from nlp_contrastive.config import load_recipe
+from nlp_contrastive.data import train_data
+from nlp_contrastive.data.batch import BatchCollator
 from nlp_contrastive.losses.build import SourceLosses, build_recipe_loss
 from nlp_contrastive.losses.info_nce import InfoNCELoss
 from nlp_contrastive.losses.log_loss import LogLoss
@@ -56,7 +56,7 @@ HAND = {CosineSimilarityLoss: cosine_by_hand, InfoNCELoss: info_nce_by_hand}
 def spy_on_losses(monkeypatch) -> list[dict]:
     """Each training step: the source prompt of its anchors, the loss classes called (with their value and the
     value computed by hand from the same embeddings), and the loss compute_loss returned."""
-    from nlp_contrastive.batch import Batch
+    from nlp_contrastive.data.batch import Batch
     from nlp_contrastive.trainer import ContrastiveTrainer
 
     steps: list[dict] = []
@@ -183,7 +183,7 @@ def test_sources_with_the_same_settings_share_one_loss(tmp_path):
 
 def test_sources_with_different_roles_collate_their_own(tiny_encoder, data_dir):
     """A scored source next to one with hard-negative lists: each batch carries only its source's roles."""
-    from nlp_contrastive.data import tokenize_roles
+    from nlp_contrastive.data.loading import tokenize_roles
 
     scored = train_data.build_train_sources([{"dataset": "stsb", "max_rows": 4, "score_range": [0, 5], "columns": {
         "anchor": "sentence1", "positive": "sentence2", "score": "score"}}])[0]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from transformers import TrainerCallback
 
-from nlp_contrastive.batch import Batch
+from nlp_contrastive.data.batch import Batch
+from nlp_contrastive.data.train_data import apply_prompts, role_prompts
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.train import main, train, with_prompts
-from nlp_contrastive.train_data import apply_prompts, role_prompts
 from tests.conftest import REPO_ROOT, make_tiny_encoder
 from tests.test_trainer import tiny_overrides
 
@@ -140,7 +140,7 @@ def test_include_prompt_false_trains_on_embeddings_pooled_without_the_prompt_tok
 def test_prompt_lengths_follow_each_source_and_leave_unprompted_roles_at_zero(data_dir):
     import datasets
 
-    from nlp_contrastive.batch import BatchCollator, prompt_length_column
+    from nlp_contrastive.data.batch import BatchCollator, prompt_length_column
 
     ds = datasets.Dataset.from_dict({"anchor": ["x", "y"], "positive": ["p", "q"], "negatives": [["n1", "n2"], []]})
     counted = apply_prompts(ds, {"anchor": "find: "}, prompt_length=len)

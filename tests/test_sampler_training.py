@@ -5,7 +5,7 @@ import re
 import pytest
 from transformers import TrainerCallback
 
-from nlp_contrastive import sampling
+from nlp_contrastive.data import sampling
 from nlp_contrastive.train import train
 from tests.conftest import REPO_ROOT
 
@@ -40,7 +40,7 @@ def test_multi_dataset_steps_are_the_samplers_real_count_and_it_is_built_once(ti
                                                                               capsys, monkeypatch):
     """41 + 25 rows at batch 8, group_by_length inside each source: each source's 1-row remainder is left out
     (fewer than 2 rows), so an epoch is 5 + 3 batches, not the 6 + 4 the per-source estimate gives."""
-    from nlp_contrastive.multi_dataset import MultiDatasetBatchSampler
+    from nlp_contrastive.data.multi_dataset import MultiDatasetBatchSampler
     from tests.test_trainer import tiny_overrides
 
     final = FinalStep()
@@ -96,8 +96,8 @@ def test_length_grouped_samplers_under_two_processes_are_disjoint_distinct_and_r
     straight, resumed = recorded(tmp_path / "rows-straight"), recorded(tmp_path / "rows-resumed")
     steps = sorted(straight[0])
     assert steps == sorted(straight[1]) == list(range(10))  # 80 rows / 16 per global batch = 5 steps x 2 epochs
-    from nlp_contrastive import train_data
     from nlp_contrastive.config import load_recipe
+    from nlp_contrastive.data import train_data
 
     rows = train_data.build_train_dataset(load_recipe(INFONCE).data.train_data, max_rows=80)
     for step in steps:

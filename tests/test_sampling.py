@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from accelerate.data_loader import BatchSamplerShard
 
-from nlp_contrastive.sampling import LengthGroupedBatchSampler, NoDuplicatesBatchSampler
+from nlp_contrastive.data.sampling import LengthGroupedBatchSampler, NoDuplicatesBatchSampler
 
 
 def pairs_with_repeats(rows: int = 403, seed: int = 0) -> list[list[str]]:
@@ -67,8 +67,8 @@ def test_no_duplicates_global_batches(num_replicas, drop_last):
 @pytest.fixture(scope="module")
 def paraphrase_rows():
     """The training rows of recipes/paraphrase-infonce.yaml (5,112 pairs; one SICK sentence is in 9 rows)."""
-    from nlp_contrastive import sampling, train_data
     from nlp_contrastive.config import load_recipe
+    from nlp_contrastive.data import sampling, train_data
     from tests.conftest import REPO_ROOT
 
     if not (REPO_ROOT.parent / "shared" / "data" / "sickr").exists() and "NLPC_DATA_DIR" not in os.environ:

@@ -16,8 +16,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from nlp_contrastive.data.sources import is_beir_folder
 from nlp_contrastive.evaluation.inputs import check_lengths, check_numbers, check_texts
-from nlp_contrastive.sources import is_beir_folder
 
 Queries = dict[str, str]
 Corpus = dict[str, str]
@@ -40,7 +40,7 @@ def load_beir(source: str, split: str) -> tuple[Queries, Corpus, Qrels]:
     """A BEIR folder, or the same data on the hub (configs corpus / queries / default, as MTEB publishes it)."""
     if is_beir_folder(source):
         return load_beir_folder(source, split)
-    from nlp_contrastive.data import load_split
+    from nlp_contrastive.data.loading import load_split
 
     return beir_from_rows(load_split(source, "corpus", config_name="corpus"),
                           load_split(source, "queries", config_name="queries"),

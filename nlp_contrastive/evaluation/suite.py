@@ -31,10 +31,10 @@ from typing import Any
 
 import yaml
 
+from nlp_contrastive.data.sources import check_known_keys, yaml_problem
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
 from nlp_contrastive.evaluation.reuse import RecentEncodings
 from nlp_contrastive.evaluation.tasks import TaskSpec, TaskUnavailable, build_evaluator, default_task_name
-from nlp_contrastive.sources import check_known_keys, yaml_problem
 
 __all__ = ["BUILTIN_STS_SUITE", "Suite", "TaskSpec", "TaskUnavailable", "build_evaluator", "default_suite",
            "format_table", "load_suite"]

@@ -1,6 +1,6 @@
 """One evaluation task: its spec (validated YAML mapping), where its data comes from, its evaluator.
 
-Task keys are the recipes' source keys (`nlp_contrastive.sources`: dataset, split, config_name, columns,
+Task keys are the recipes' source keys (`nlp_contrastive.data.sources`: dataset, split, config_name, columns,
 filter, score_range, label_map, max_rows) plus `type` (sts | pair_classification | reranking | retrieval),
 `layout` (retrieval: pairs | beir), `ignore_identical_ids` (retrieval: drop a retrieved document whose id
 is the query's, MTEB's option), `batch_size`, `truncate_dim` (keep the first d embedding dimensions:
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nlp_contrastive.data import NAMED_SETS, data_dir, filter_rows, is_offline, load_split
+from nlp_contrastive.data.loading import data_dir, filter_rows, is_offline, load_split
+from nlp_contrastive.data.sources import NAMED_SETS, SOURCE_KEYS, Source, check_known_keys, is_local_path
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
 from nlp_contrastive.evaluation.pair_classification import PairClassificationEvaluator
 from nlp_contrastive.evaluation.reranking import RerankingEvaluator, RerankingSample, group_candidates
@@ -29,7 +30,6 @@ from nlp_contrastive.evaluation.retrieval_data import (
     pairs_to_retrieval,
 )
 from nlp_contrastive.evaluation.sts import STSEvaluator
-from nlp_contrastive.sources import SOURCE_KEYS, Source, check_known_keys, is_local_path
 
 TASK_TYPES = ("sts", "pair_classification", "reranking", "retrieval")
 TASK_KEYS = ("type", "batch_size", "layout", "ignore_identical_ids", "truncate_dim", "prompts")  # + source keys
@@ -78,7 +78,7 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, name: str, raw: Mapping[str, Any], base_dir: Path | None = None) -> TaskSpec:
-        """Validate one task mapping: the common source keys (`nlp_contrastive.sources`) plus TASK_KEYS."""
+        """Validate one task mapping: the common source keys (`nlp_contrastive.data.sources`) plus TASK_KEYS."""
         where = f"task '{name}'"
         if not isinstance(raw, Mapping):
             raise ValueError(f"{where} must be a mapping of {', '.join(SOURCE_KEYS + TASK_KEYS)}, got {raw!r}")

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from nlp_contrastive.data.sources import check_known_keys
 from nlp_contrastive.losses.cached import CachedLoss
-from nlp_contrastive.sources import check_known_keys
 
 # A list of hard negatives serves wherever one negative is expected, and the other way round.
 _ROLE_ALTERNATIVES = {"negative": {"negative", "negatives"}, "negatives": {"negative", "negatives"}}

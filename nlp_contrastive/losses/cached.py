@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from nlp_contrastive.batch import Batch
+from nlp_contrastive.data.batch import Batch
 
 Features = dict[str, torch.Tensor]
 
@@ -58,7 +58,7 @@ class _MiniBatch:
 class CachedLoss(nn.Module):
     """Wrap any in-batch loss so the batch can be far larger than what fits in memory, with exact gradients.
 
-    Call: `cached(encoder, batch)` with a `nlp_contrastive.batch.Batch`, or
+    Call: `cached(encoder, batch)` with a `nlp_contrastive.data.batch.Batch`, or
     `cached(encoder, features, *, negatives_index=None, **loss_kwargs) -> scalar loss`
       - `encoder`: callable mapping tokenized inputs (input_ids, attention_mask, ...) [n, T] to embeddings [n, D]
         (an `Encoder`, possibly DDP-wrapped).
@@ -68,7 +68,7 @@ class CachedLoss(nn.Module):
         The wrapped loss then receives `negatives=[B, K, D]` and `negatives_mask=[B, K]` (index >= 0).
       - `loss_kwargs`: everything else the loss takes (temperature overrides, ids for duplicate masking, ...).
     The wrapped loss is called with `batch.loss_kwargs(embeddings, loss)` — the same arguments as the uncached
-    path (`nlp_contrastive.batch`); its value is returned
+    path (`nlp_contrastive.data.batch`); its value is returned
     as a tensor whose `.backward()` (any scaling applied to it is honoured) runs the cached backward.
 
     Mini-batches are contiguous rows of each role, at most `mini_batch_size` rows (None = no row limit) and, if

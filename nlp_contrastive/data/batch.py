@@ -1,6 +1,6 @@
 """The batch contract: which roles a row may have, how rows are collated, and how a batch feeds a loss.
 
-Data sources map columns onto roles by name (`nlp_contrastive.data`); tokenization adds one token column per
+Data sources map columns onto roles by name (`nlp_contrastive.data.loading`); tokenization adds one token column per
 text role (`token_column(role)`); `BatchCollator` pads those per role and hashes each text's tokens (so
 duplicate texts can be masked as false negatives); `Batch` is the typed view of a collated batch, whose
 `loss_kwargs()` is the one place that turns embeddings + batch into a loss's keyword arguments — for the plain

@@ -1,5 +1,5 @@
 """A recipe's `train_data`: each source checked (at recipe load), loaded, filtered, grouped, prompted and
-role-mapped (`nlp_contrastive.data`), then the sources joined into the one training dataset."""
+role-mapped (`nlp_contrastive.data.loading`), then the sources joined into the one training dataset."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import datasets
 
-from nlp_contrastive.batch import EMBEDDED_ROLES, LIST_ROLES, ROLES, SOURCE_COLUMN, prompt_length_column
-from nlp_contrastive.data import filter_rows, group_pairs, load_split, parse_condition, select_roles
-from nlp_contrastive.sources import Source, is_beir_folder
+from nlp_contrastive.data.batch import EMBEDDED_ROLES, LIST_ROLES, ROLES, SOURCE_COLUMN, prompt_length_column
+from nlp_contrastive.data.loading import filter_rows, group_pairs, load_split, parse_condition, select_roles
+from nlp_contrastive.data.sources import Source, is_beir_folder
 from nlp_contrastive.teacher import check_scores_key, check_teacher_scores, join_score_columns
 
-# Besides the common source keys (nlp_contrastive.sources): `group_pairs`, `prompts`, and `layout: beir` for a
+# Besides the common source keys (nlp_contrastive.data.sources): `group_pairs`, `prompts`, and `layout: beir` for a
 # BEIR dataset (corpus, queries, qrels) given as a hub id; a local BEIR folder is recognised by itself;
 # `teacher_scores: [positive_score, negative_scores]` joins score columns into each row's teacher scores [1 + K];
 # with multi_dataset_sampling, `loss` / `loss_kwargs` train that source's batches with its own loss.

@@ -14,7 +14,6 @@ import operator
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -22,35 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from nlp_contrastive.batch import LIST_ROLES, ROLES, TEXT_ROLES, VALUE_ROLES, token_column
-from nlp_contrastive.sources import is_local_path, yaml_problem
+from nlp_contrastive.data.batch import LIST_ROLES, ROLES, TEXT_ROLES, VALUE_ROLES, token_column
+from nlp_contrastive.data.sources import NAMED_SETS, is_local_path, yaml_problem
 
 logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "NLPC_DATA_DIR"
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
-
-
-@dataclass(frozen=True)
-class NamedSet:
-    """A dataset we know by name: where its local copy lives and how its hub copy maps onto it."""
-
-    hub_id: str | None
-    hub_config: str | None = None
-    hub_columns: Mapping[str, str] = field(default_factory=dict)  # hub column -> local column name
-    hub_score_factor: float = 1.0  # multiply the hub's score to get the local (original) scale
-    hub_label_names: Sequence[str] | None = None  # int label on the hub -> local string label
-    score_range: tuple[float, float] | None = None  # the original annotation scale of `score`
-
-
-NAMED_SETS: dict[str, NamedSet] = {
-    "stsb": NamedSet("sentence-transformers/stsb", hub_score_factor=5.0, score_range=(0.0, 5.0)),
-    "sickr": NamedSet("RobZamp/sick", hub_columns={"sentence_A": "sentence1", "sentence_B": "sentence2",
-                                                   "relatedness_score": "score"},
-                      hub_label_names=("entailment", "neutral", "contradiction"), score_range=(1.0, 5.0)),
-    "msrp": NamedSet("nyu-mll/glue", hub_config="mrpc"),
-    "trecqa": NamedSet(None),
-}
 
 
 def data_dir() -> Path | None:

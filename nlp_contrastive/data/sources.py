@@ -11,7 +11,7 @@ A recipe's `train_data` entries and an evaluation suite's tasks name their data 
     max_rows: N
 
 `Source.from_dict` checks these keys once for both (plus the keys the caller adds: `group_pairs` for training,
-`type` / `layout` / `batch_size` for evaluation); `nlp_contrastive.data` loads and maps them.
+`type` / `layout` / `batch_size` for evaluation); `nlp_contrastive.data.loading` loads and maps them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,28 @@ from typing import Any
 SOURCE_KEYS = ("dataset", "split", "config_name", "columns", "filter", "score_range", "label_map", "max_rows")
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class NamedSet:
+    """A dataset we know by name: where its local copy lives and how its hub copy maps onto it."""
+
+    hub_id: str | None
+    hub_config: str | None = None
+    hub_columns: Mapping[str, str] = field(default_factory=dict)  # hub column -> local column name
+    hub_score_factor: float = 1.0  # multiply the hub's score to get the local (original) scale
+    hub_label_names: Sequence[str] | None = None  # int label on the hub -> local string label
+    score_range: tuple[float, float] | None = None  # the original annotation scale of `score`
+
+
+NAMED_SETS: dict[str, NamedSet] = {
+    "stsb": NamedSet("sentence-transformers/stsb", hub_score_factor=5.0, score_range=(0.0, 5.0)),
+    "sickr": NamedSet("RobZamp/sick", hub_columns={"sentence_A": "sentence1", "sentence_B": "sentence2",
+                                                   "relatedness_score": "score"},
+                      hub_label_names=("entailment", "neutral", "contradiction"), score_range=(1.0, 5.0)),
+    "msrp": NamedSet("nyu-mll/glue", hub_config="mrpc"),
+    "trecqa": NamedSet(None),
+}
 
 
 def is_local_path(name: str) -> bool:
@@ -124,6 +146,4 @@ def _score_range(value: Any, where: str) -> tuple[float, float] | None:
 
 
 def is_named_set(name: str) -> bool:
-    from nlp_contrastive.data import NAMED_SETS
-
     return name in NAMED_SETS

@@ -1,17 +1,29 @@
 """Several datasets in one run: every global batch from one `train_data` source (so in-batch negatives are of
 one kind), in proportional, round-robin, weighted or temperature order; the recipe's batch sampler runs inside
-each source. Built on the shared rank sharding and per-epoch determinism of `nlp_contrastive.sampling`.
+each source. Built on the shared rank sharding and per-epoch determinism of `nlp_contrastive.data.sampling`.
+Also the recipe's `batch_sampler` (+ `multi_dataset_sampling`) -> the factory the Trainer builds its sampler with.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
-from nlp_contrastive.sampling import _EpochBatchSampler
+from nlp_contrastive.data.batch import SOURCE_COLUMN
+from nlp_contrastive.data.sampling import (
+    LengthGroupedBatchSampler,
+    NoDuplicatesBatchSampler,
+    _EpochBatchSampler,
+    _sampler_arguments,
+    build_batch_sampler,
+    check_batch_sampler,
+    texts_per_row,
+    token_lengths,
+)
 
 MULTI_DATASET_SAMPLING = ("proportional", "round_robin", "weighted", "temperature")
 
@@ -135,3 +147,57 @@ def batches_per_source(rows: Sequence[int], global_batch_size: int, sampling: st
     if sampling in ("proportional", "round_robin"):
         return [float(n) for n in own]
     return [round(float(p) * sum(own), 1) for p in source_probabilities(rows, sampling, weights, temperature)]
+
+
+# ----------------------------------------------------------------------------------- recipe -> sampler
+def batch_sampler_factory(kind: str, multi_dataset_sampling: str | None = None, *,
+                          source_weights: Sequence[float] | None = None, sampling_temperature: float = 1.0):
+    """None for the Trainer's own random sampler; else `factory(dataset, batch_size, args)` -> a rank-aware
+    batch sampler (what ContrastiveTrainer calls when it builds its data loader). With `multi_dataset_sampling`,
+    every batch comes from one source (the dataset's `source` column) and `kind` runs inside each source.
+
+    The factory serves one training set and keeps the sampler it built (see `_built_once`), so the start-up
+    print (`batches_per_epoch`) and the Trainer's data loader share one build."""
+    check_batch_sampler(kind)
+    if multi_dataset_sampling is None:
+        if kind == "random":
+            return None
+        return _built_once(lambda dataset, batch_size, args: build_batch_sampler(kind, dataset, batch_size, args))
+
+    def factory(dataset, batch_size: int, args) -> _EpochBatchSampler:
+        common = _sampler_arguments(args)
+        return MultiDatasetBatchSampler(
+            dataset[SOURCE_COLUMN][:], batch_size, sampling=multi_dataset_sampling, weights=source_weights,
+            temperature=sampling_temperature, inner=_inner_factory(kind, dataset, batch_size, common), **common)
+
+    return _built_once(factory)
+
+
+def _built_once(build: Callable[[Any, int, Any], _EpochBatchSampler]) -> Callable[[Any, int, Any], _EpochBatchSampler]:
+    """`build` that returns its last sampler again while rows, batch size, seed, drop_last and ranks are the same:
+    an epoch of no_duplicates / group_by_length batches reads every row's texts or token counts (0.3-0.4 s per
+    5k rows), and the sampler is deterministic in (seed, epoch), so one build serves the derived numbers printed
+    at start and the Trainer. Keyed on the row count, not the dataset object: the Trainer trains on a copy of the
+    same rows with a row-id column added. A new batch size (auto_find_batch_size) builds a new sampler."""
+    last: list[tuple[tuple, _EpochBatchSampler]] = []
+
+    def factory(dataset, batch_size: int, args) -> _EpochBatchSampler:
+        key = (len(dataset), batch_size, *_sampler_arguments(args).values())
+        if not last or last[0][0] != key:
+            last[:] = [(key, build(dataset, batch_size, args))]
+        return last[0][1]
+
+    return factory
+
+
+def _inner_factory(kind: str, dataset, batch_size: int, common: dict):
+    """rows of one source -> the `kind` sampler over them (None: a plain shuffle)."""
+    if kind == "random":
+        return None
+    if kind == "no_duplicates_by_length":
+        texts, lengths = texts_per_row(dataset), token_lengths(dataset)
+        return lambda rows: NoDuplicatesBatchSampler([texts[i] for i in rows], batch_size,
+                                                     lengths=[lengths[i] for i in rows], **common)
+    per_row = texts_per_row(dataset) if kind == "no_duplicates" else token_lengths(dataset)
+    cls = NoDuplicatesBatchSampler if kind == "no_duplicates" else LengthGroupedBatchSampler
+    return lambda rows: cls([per_row[i] for i in rows], batch_size, **common)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from nlp_contrastive.batch import EMBEDDED_ROLES, LIST_ROLES, SOURCE_COLUMN, TEXT_ROLES, token_column
+from nlp_contrastive.data.batch import EMBEDDED_ROLES, LIST_ROLES, TEXT_ROLES, token_column
 
 logger = logging.getLogger(__name__)
 
@@ -349,61 +349,6 @@ def build_batch_sampler(kind: str, dataset: Any, batch_size: int, args: Any) -> 
 def check_batch_sampler(kind: str) -> None:
     if kind not in BATCH_SAMPLERS:
         raise ValueError(f"unknown batch_sampler '{kind}': choose {', '.join(BATCH_SAMPLERS)}")
-
-
-def batch_sampler_factory(kind: str, multi_dataset_sampling: str | None = None, *,
-                          source_weights: Sequence[float] | None = None, sampling_temperature: float = 1.0):
-    """None for the Trainer's own random sampler; else `factory(dataset, batch_size, args)` -> a rank-aware
-    batch sampler (what ContrastiveTrainer calls when it builds its data loader). With `multi_dataset_sampling`,
-    every batch comes from one source (the dataset's `source` column) and `kind` runs inside each source.
-
-    The factory serves one training set and keeps the sampler it built (see `_built_once`), so the start-up
-    print (`batches_per_epoch`) and the Trainer's data loader share one build."""
-    check_batch_sampler(kind)
-    if multi_dataset_sampling is None:
-        if kind == "random":
-            return None
-        return _built_once(lambda dataset, batch_size, args: build_batch_sampler(kind, dataset, batch_size, args))
-
-    from nlp_contrastive.multi_dataset import MultiDatasetBatchSampler
-
-    def factory(dataset, batch_size: int, args) -> _EpochBatchSampler:
-        common = _sampler_arguments(args)
-        return MultiDatasetBatchSampler(
-            dataset[SOURCE_COLUMN][:], batch_size, sampling=multi_dataset_sampling, weights=source_weights,
-            temperature=sampling_temperature, inner=_inner_factory(kind, dataset, batch_size, common), **common)
-
-    return _built_once(factory)
-
-
-def _built_once(build: Callable[[Any, int, Any], _EpochBatchSampler]) -> Callable[[Any, int, Any], _EpochBatchSampler]:
-    """`build` that returns its last sampler again while rows, batch size, seed, drop_last and ranks are the same:
-    an epoch of no_duplicates / group_by_length batches reads every row's texts or token counts (0.3-0.4 s per
-    5k rows), and the sampler is deterministic in (seed, epoch), so one build serves the derived numbers printed
-    at start and the Trainer. Keyed on the row count, not the dataset object: the Trainer trains on a copy of the
-    same rows with a row-id column added. A new batch size (auto_find_batch_size) builds a new sampler."""
-    last: list[tuple[tuple, _EpochBatchSampler]] = []
-
-    def factory(dataset, batch_size: int, args) -> _EpochBatchSampler:
-        key = (len(dataset), batch_size, *_sampler_arguments(args).values())
-        if not last or last[0][0] != key:
-            last[:] = [(key, build(dataset, batch_size, args))]
-        return last[0][1]
-
-    return factory
-
-
-def _inner_factory(kind: str, dataset, batch_size: int, common: dict):
-    """rows of one source -> the `kind` sampler over them (None: a plain shuffle)."""
-    if kind == "random":
-        return None
-    if kind == "no_duplicates_by_length":
-        texts, lengths = texts_per_row(dataset), token_lengths(dataset)
-        return lambda rows: NoDuplicatesBatchSampler([texts[i] for i in rows], batch_size,
-                                                     lengths=[lengths[i] for i in rows], **common)
-    per_row = texts_per_row(dataset) if kind == "no_duplicates" else token_lengths(dataset)
-    cls = NoDuplicatesBatchSampler if kind == "no_duplicates" else LengthGroupedBatchSampler
-    return lambda rows: cls([per_row[i] for i in rows], batch_size, **common)
 
 
 def _sampler_arguments(args: Any) -> dict:
