@@ -233,8 +233,9 @@ class FixedBatches:
         yield from (list(b) for b in self.batches)
 
 
-def train_with_trainer(model_dir: str, output_dir: Path, *, rank: int | None, cached: bool) -> dict[str, torch.Tensor]:
-    """ContrastiveTrainer for TRAINER_STEPS SGD steps, InfoNCE with gather, one forward per role."""
+def train_with_trainer(model_dir: str, output_dir: Path, *, rank: int | None, cached: bool) -> None:
+    """ContrastiveTrainer for TRAINER_STEPS SGD steps, InfoNCE with gather, one forward per role; the model is
+    saved in `output_dir`."""
     import datasets
     from transformers import TrainingArguments
 
@@ -254,8 +255,7 @@ def train_with_trainer(model_dir: str, output_dir: Path, *, rank: int | None, ca
                                  batch_sampler_factory=lambda dataset, size, args: FixedBatches(batches),
                                  single_forward=False)
     trainer.train()
-    encoder = trainer.accelerator.unwrap_model(trainer.model)
-    return {k: v.detach().clone() for k, v in encoder.model.state_dict().items()}
+    trainer.save_model()
 
 
 def main() -> int:
@@ -266,9 +266,7 @@ def main() -> int:
         property_cases(out)
         rank = dist.get_rank()
         for cached in (False, True):
-            weights = train_with_trainer(model_dir, out / f"run-{cached}", rank=rank, cached=cached)
-            if rank == 0:
-                torch.save(weights, out / f"trainer-{'cached' if cached else 'plain'}.pt")
+            train_with_trainer(model_dir, out / f"trainer-{'cached' if cached else 'plain'}", rank=rank, cached=cached)
     finally:
         dist.destroy_process_group()
     return 0

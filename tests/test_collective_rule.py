@@ -12,14 +12,15 @@ whose token budget gives different mini-batch counts (finding 3).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
-import torch
+from safetensors.torch import load_file
 
 from tests.collective_rule_worker import cases, train_with_trainer
 from tests.conftest import REPO_ROOT, TWO_PROCESSES, make_tiny_encoder
+from tests.test_ddp_training import subprocess_env
+from tests.test_trainer_distributed import assert_same_update, update
 
 pytestmark = pytest.mark.slow
 
@@ -34,10 +35,8 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def worker_output(tmp_path_factory, model_dir):
     out = tmp_path_factory.mktemp("rule")
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     proc = subprocess.run([*TWO_PROCESSES, "-m", "tests.collective_rule_worker", str(out), str(model_dir)],
-                          capture_output=True, text=True, timeout=400, cwd=REPO_ROOT,
-                          env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path})
+                          capture_output=True, text=True, timeout=400, cwd=REPO_ROOT, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -65,15 +64,8 @@ def test_the_cases_cover_unequal_ranks():
 def test_trainer_with_broadcast_buffers_and_unequal_ranks_equals_one_process(worker_output, model_dir, tmp_path, run):
     """ContrastiveTrainer, ddp_broadcast_buffers: true, one forward per role, rank 0 with hard negatives and short
     texts, rank 1 without and long, a 2-row last step: the weights of one process on the whole batches."""
-    from safetensors.torch import load_file
-
     initial = load_file(model_dir / "model.safetensors")
-    expected = train_with_trainer(str(model_dir), tmp_path / "one", rank=None, cached=False)
-    weights = torch.load(worker_output / f"trainer-{run}.pt")
-    keys = sorted(initial)
-    assert keys and all(k in expected and k in weights for k in keys)
-    reference = torch.cat([(expected[k] - initial[k]).flatten() for k in keys])
-    ours = torch.cat([(weights[k] - initial[k]).flatten() for k in keys])
+    train_with_trainer(str(model_dir), tmp_path / "one", rank=None, cached=False)
+    reference = update(tmp_path / "one", initial)
     assert reference.norm() > 1e-3, "training did not move the weights"
-    relative = ((ours - reference).norm() / reference.norm()).item()
-    assert relative < 1e-5, f"weight update differs from one process by {relative:.2e} of its norm"
+    assert_same_update(worker_output / f"trainer-{run}", reference, initial)

@@ -95,8 +95,9 @@ class CachedLoss(nn.Module):
     step: every pass except the last mini-batch's re-run calls the unwrapped `encoder.module`, so gradients
     accumulate locally and are all-reduced once, with the last mini-batch. Other wrappers (FSDP, DeepSpeed) are
     called for every pass, so ranks agree on the number of passes: a rank with fewer mini-batches (fewer rows, or
-    shorter ones under the token budget) first makes one-token placeholder passes with a zero gradient. Which re-run passes may sync is
-    decided by `gradient_sync(final_pass) -> context manager`, called once per re-run pass: the trainer passes
+    shorter ones under the token budget) first makes one-token placeholder passes with a zero gradient
+    (`nlp_contrastive.distributed`'s rule). Which re-run passes may sync is decided by
+    `gradient_sync(final_pass) -> context manager`, called once per re-run pass: the trainer passes
     `accelerator_sync(accelerator, model)` (accelerate's own `no_sync`, which knows each backend, and its
     `sync_gradients` flag for gradient accumulation); without it, `wrapper_sync(encoder)` runs every re-run but
     the final one inside the wrapper's own `no_sync()` if it has one (DDP's unwrapped passes need none).
