@@ -136,8 +136,9 @@ def test_through_the_trainer_every_batch_has_two_rows_and_every_row_comes_once(t
     assert sorted(row for rows in sizes for row in rows) == list(range(17))
 
 
-def record_batch_prompts(monkeypatch) -> list:
-    """Patch compute_loss to record the first word of every anchor of each batch (the source's prompt)."""
+def record_batch_prompts(monkeypatch, sizes: list | None = None) -> list:
+    """Patch compute_loss to record the first word of every anchor of each batch (the source's prompt), and into
+    `sizes` each batch's number of rows."""
     from nlp_contrastive.batch import Batch
     from nlp_contrastive.trainer import ContrastiveTrainer
 
@@ -147,6 +148,8 @@ def record_batch_prompts(monkeypatch) -> list:
         ids = Batch.from_inputs(inputs).features["anchor"]["input_ids"]
         words = self.accelerator.unwrap_model(model).tokenizer.batch_decode(ids, skip_special_tokens=True)
         seen.append({w.split()[0] for w in words})
+        if sizes is not None:
+            sizes.append(len(words))
         return original(self, model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(ContrastiveTrainer, "compute_loss", compute_loss)
@@ -159,31 +162,36 @@ import pytest
 from tests.test_multi_dataset_sampling import record_batch_prompts
 from nlp_contrastive.train import train
 mp = pytest.MonkeyPatch()
-seen = record_batch_prompts(mp)
+sizes = []
+seen = record_batch_prompts(mp, sizes)
 train(sys.argv[1], sys.argv[3:])
 with open(sys.argv[2] + f".{os.environ['RANK']}", "w") as f:  # the process group is gone after train()
-    json.dump([sorted(s) for s in seen], f)
+    json.dump({"prompts": [sorted(s) for s in seen], "sizes": sizes}, f)
 """
 
 
 @pytest.mark.slow
 def test_two_processes_two_epochs_one_source_per_global_batch(tiny_model_dir, tmp_path, data_dir):
+    """41 + 26 rows, 2 x 4 per global batch: each source's remainder (1 and 2 rows) joins its previous batch
+    (before, it was a global batch of 1 row per rank: "info_nce has no negatives")."""
+    sources = TWO_SOURCES.replace("max_rows: 40", "max_rows: 41").replace("max_rows: 24", "max_rows: 26")
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     record = tmp_path / "seen"
     cmd = [*TWO_PROCESSES, str(script),
            str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml"), str(record),
-           *tiny_overrides(str(tiny_model_dir), tmp_path / "o", "--train_data", TWO_SOURCES, "--max_train_rows",
+           *tiny_overrides(str(tiny_model_dir), tmp_path / "o", "--train_data", sources, "--max_train_rows",
                            "null", "--multi_dataset_sampling", "proportional", "--num_train_epochs", "2",
                            "--per_device_train_batch_size", "4", "--batch_sampler", "random")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
                           env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rank0, rank1 = (json.loads((tmp_path / f"seen.{r}").read_text()) for r in (0, 1))
-    assert len(rank0) == len(rank1) == 16  # 2 epochs x (40/8 + 24/8) global batches
+    (rank0, sizes0), (rank1, sizes1) = (json.loads((tmp_path / f"seen.{r}").read_text()).values() for r in (0, 1))
+    assert len(rank0) == len(rank1) == 16  # 2 epochs x (41/8 + 26/8, remainders joined) global batches
     for a, b in zip(rank0, rank1, strict=True):
         assert a == b and len(a) == 1  # both halves of each global batch from the same single source
     assert Counter(s[0] for s in rank0) == {"alpha": 10, "beta": 6}
+    assert min(sizes0 + sizes1) == 4 and sum(sizes0 + sizes1) == 2 * (41 + 26)  # every row once per epoch
 
 
 @pytest.mark.parametrize("extra,message", [
