@@ -63,6 +63,9 @@ def test_short_remainders_join_the_previous_batch_never_one_row_per_rank(num_rep
             assert max(len(part) for part in step) - min(len(part) for part in step) <= 1
         rows = sorted(row for batches in ranks for batch in batches for row in batch)
         assert set(rows) == set(range(len(sources)))  # no row left out
+        expected = batches_per_source(list(Counter(sources).values()), 4 * num_replicas, "proportional",
+                                      num_replicas=num_replicas)
+        assert len(ranks[0]) == sum(expected)  # the printed per-source numbers count the joined remainders
         if num_replicas == 1:
             assert rows == list(range(len(sources)))  # each exactly once
 
