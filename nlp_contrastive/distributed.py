@@ -20,6 +20,21 @@ one process on the whole global batch (and likewise for "sum"). With equal batch
 is just the local mean: no visible factor, and the average of the ranks' loss values is the global loss.
 This is the only place where a loss is scaled by the world size.
 
+**The rule: every rank makes the same collective calls, in the same order, in every step, whatever its batch
+holds.** A collective one rank skips (or makes twice) leaves the others waiting until the timeout: a hang, not an
+error. So a call is decided only by the settings (identical on every rank) or by numbers every rank has agreed on
+first, never by one rank's own data. Enforced here, in the helpers every caller goes through:
+  - what each rank holds is exchanged first (`exchange`, one all_gather of a few integers), so a rank without hard
+    negatives still takes part in their gather, with a [0, D] tensor (`info_nce`); and `gather_rows` takes the
+    gradient path (one all_reduce in backward) whenever grad is enabled, not when the local tensor needs it;
+  - how many forward calls a step makes is agreed (`agree_max`, one all_reduce): per-role forwards run the union
+    of the ranks' roles, a missing role as a one-token placeholder forward whose output counts zero
+    (`batch.Batch.forward_plan` / `Batch.embed`), because under FSDP / ZeRO-3 every forward gathers parameters
+    and DDP with broadcast_buffers broadcasts at every forward; GradCache pads each rank to the largest
+    mini-batch count the same way (`losses.cached`).
+Unequal ranks (one without negatives, different lengths, a tiny last batch) are tested in
+tests/test_collective_rule.py.
+
 Rank and world size come from torch.distributed when it is initialised, or from arguments (world_size=1 is
 always allowed), so the functions run in unit tests without a process group.
 """
@@ -32,8 +47,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["Gathered", "average_gradients_across_ranks", "gather_rows", "label_offset", "rank_and_world_size",
-           "reduce_across_ranks"]
+__all__ = ["Gathered", "agree_max", "average_gradients_across_ranks", "exchange", "gather_rows", "label_offset",
+           "rank_and_world_size", "reduce_across_ranks"]
 
 
 def rank_and_world_size(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
@@ -90,11 +105,35 @@ class _AllGatherSum(torch.autograd.Function):
         return grad[ctx.rank], None
 
 
-def _exchange_sizes(rows: int, device: torch.device, group: dist.ProcessGroup | None, world: int) -> tuple[int, ...]:
-    mine = torch.tensor([rows], dtype=torch.long, device=device)
-    sizes = [torch.zeros_like(mine) for _ in range(world)]
-    dist.all_gather(sizes, mine, group=group)
-    return tuple(int(s.item()) for s in sizes)
+def _world(world_size: int | None, group: dist.ProcessGroup | None) -> int:
+    return rank_and_world_size(group)[1] if world_size is None else world_size
+
+
+def exchange(values: list[int] | tuple[int, ...], *, device: torch.device | str = "cpu", world_size: int | None = None,
+             group: dist.ProcessGroup | None = None) -> list[tuple[int, ...]]:
+    """Every rank's few integers (e.g. its row counts and which optional inputs it has), in rank order, the same
+    on every rank: one all_gather. What a rank holds is known to all before anything of it is gathered.
+    `world_size=1` (or no process group) returns `[values]` without a collective."""
+    mine = tuple(int(v) for v in values)
+    world = _world(world_size, group)
+    if world == 1:
+        return [mine]
+    local = torch.tensor(mine, dtype=torch.long, device=device)
+    table = [torch.zeros_like(local) for _ in range(world)]
+    dist.all_gather(table, local, group=group)
+    return [tuple(int(v) for v in row.tolist()) for row in table]
+
+
+def agree_max(values: list[int] | tuple[int, ...], *, device: torch.device | str = "cpu",
+              world_size: int | None = None, group: dist.ProcessGroup | None = None) -> tuple[int, ...]:
+    """The element-wise maximum of a few integers over ranks (one all_reduce), e.g. forward calls or mini-batch
+    counts every rank then makes; a minimum is `-max(-v)`, "all ranks" is a max of `1 - flag` == 0."""
+    world = _world(world_size, group)
+    if world == 1:
+        return tuple(int(v) for v in values)
+    agreed = torch.tensor([int(v) for v in values], dtype=torch.long, device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=group)
+    return tuple(int(v) for v in agreed.tolist())
 
 
 def gather_rows(
@@ -108,6 +147,9 @@ def gather_rows(
     """Concatenate `tensor`'s rows (dim 0) from every rank; gradient flows back to each rank's own rows.
 
     `sizes` (rows per rank) skips the size exchange when already known, e.g. for ids aligned with embeddings.
+    A rank may hold 0 rows. Floating-point tensors take the gradient path whenever grad is enabled (the same
+    choice on every rank, so every rank joins the backward all_reduce), even where the local tensor needs no
+    gradient (e.g. a [0, D] stand-in for negatives this rank lacks).
     `world_size=1` returns the tensor itself, so single-process code paths need no process group.
     """
     if world_size is None or rank is None:
@@ -120,7 +162,8 @@ def gather_rows(
         raise ValueError(f"gathering over world_size={world_size} needs an initialised torch.distributed process "
                          "group: launch with accelerate/torchrun, or pass world_size=1")
     if sizes is None:
-        sizes = _exchange_sizes(tensor.shape[0], tensor.device, group, world_size)
+        sizes = tuple(row[0] for row in exchange([tensor.shape[0]], device=tensor.device, world_size=world_size,
+                                                 group=group))
     if len(sizes) != world_size or sizes[rank] != tensor.shape[0]:
         raise ValueError(f"sizes {tuple(sizes)} do not match world_size={world_size} and this rank's "
                          f"{tensor.shape[0]} rows")
@@ -130,7 +173,9 @@ def gather_rows(
     if padded.shape[0] < width:
         filler = padded.new_zeros((width - padded.shape[0], *padded.shape[1:]))
         padded = torch.cat([padded, filler])
-    if padded.requires_grad:
+    if torch.is_grad_enabled() and padded.is_floating_point():
+        if not padded.requires_grad:
+            padded = padded.detach().requires_grad_()
         stacked = _AllGatherSum.apply(padded, group)
     else:
         parts = [torch.empty_like(padded) for _ in range(world_size)]

@@ -260,14 +260,11 @@ class ContrastiveTrainer(Trainer):
             return self.loss.for_batch(inputs.get(SOURCE_COLUMN))
         return self.loss
 
-    def forward_plan(self, batch: Batch) -> bool | None:
-        """single_forward for this batch. `auto` is decided here, by every process together (one forward only if
-        all prefer it): with ZeRO-3 / FSDP each forward call gathers parameters, so ranks must make the same
-        number of calls."""
-        if self.single_forward is not None or self.accelerator.num_processes == 1:
-            return self.single_forward
-        votes = torch.tensor(float(batch.one_forward_is_cheaper()), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(votes, reduction="sum").item() == self.accelerator.num_processes)
+    def forward_plan(self, batch: Batch) -> tuple[bool, tuple[str, ...] | None]:
+        """(single forward?, roles embedded one by one) for this batch, agreed by every process
+        (`Batch.forward_plan`): each forward call may be a collective (ZeRO-3 / FSDP parameter gathers, DDP's
+        buffer broadcast), so every rank makes the same number of them whatever its batch holds."""
+        return batch.forward_plan(self.single_forward)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = Batch.from_inputs(inputs)
@@ -275,7 +272,7 @@ class ContrastiveTrainer(Trainer):
         if isinstance(loss_fn, CachedLoss):  # embeds by itself, in mini-batches
             loss = loss_fn(model, batch, gradient_sync=accelerator_sync(self.accelerator, model))
         else:
-            loss = loss_fn(**batch.loss_kwargs(batch.embed(model, self.forward_plan(batch)), loss_fn))
+            loss = loss_fn(**batch.loss_kwargs(batch.embed(model, *self.forward_plan(batch)), loss_fn))
         if model.training:
             loss = self.nonfinite_guard(loss, inputs)
         return (loss, {}) if return_outputs else loss

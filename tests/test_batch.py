@@ -58,3 +58,31 @@ def test_mined_rows_without_negatives_train_through_the_recipe(tmp_path, tiny_mo
     assert train_main([str(path)]) == 0
     run = json.loads((tmp_path / "out" / "training_run.json").read_text())
     assert run["train_rows"] == 16 and math.isfinite(run["final_train_loss"])
+
+
+def test_agreed_roles_run_a_placeholder_forward_for_a_missing_role_that_changes_nothing(tiny_encoder):
+    """Per-role forwards over the roles the processes agreed on: a batch without negatives still makes the
+    negatives' forward call (3 calls, as the process with negatives), and loss and gradients are unchanged."""
+    collate = BatchCollator(pad_token_id=0)
+    batch = Batch.from_inputs(collate([_row([101, 5000, 102], [101, 6000, 7000, 102], []),
+                                       _row([101, 5100, 5200, 102], [101, 6100, 102], [])]))
+    calls = []
+
+    def model(**inputs):
+        calls.append(inputs["input_ids"].shape)
+        return tiny_encoder(**inputs)
+
+    loss = InfoNCELoss()
+    results = []
+    for roles in (None, ("anchor", "positive", "negatives")):
+        calls.clear()
+        tiny_encoder.zero_grad(set_to_none=True)
+        value = loss(**batch.loss_kwargs(batch.embed(model, False, roles), loss))
+        value.backward()
+        results.append((value.detach(), {k: p.grad.clone() for k, p in tiny_encoder.named_parameters()
+                                         if p.grad is not None}, len(calls)))
+    (plain, plain_grads, plain_calls), (agreed, agreed_grads, agreed_calls) = results
+    assert (plain_calls, agreed_calls) == (2, 3) and calls[-1] == (1, 1)  # the placeholder: one token
+    assert torch.equal(plain, agreed) and plain_grads.keys() == agreed_grads.keys()
+    assert all(torch.equal(plain_grads[k], agreed_grads[k]) for k in plain_grads)
+    assert batch.forward_plan(False) == (False, None) and batch.forward_plan(None) == (None, None)  # 1 process

@@ -58,9 +58,9 @@ def test_trainer_embeds_as_the_recipe_says(tiny_model_dir, tmp_path, data_dir, m
     seen = []
     embed = Batch.embed
 
-    def recording_embed(self, model, single_forward=True):
+    def recording_embed(self, model, single_forward=True, roles=None):
         seen.append(single_forward)
-        return embed(self, model, single_forward)
+        return embed(self, model, single_forward, roles)
 
     monkeypatch.setattr(Batch, "embed", recording_embed)
     for value, expected in (("auto", None), ("true", True), ("false", False)):

@@ -273,6 +273,31 @@ def test_no_grad_evaluation_and_single_backward():
         cached(encoder, {**features, "negatives": tokens(6, 8, 2)})
 
 
+def test_placeholder_passes_keep_pass_counts_and_change_nothing(monkeypatch):
+    """A rank with fewer mini-batches than another makes one-token placeholder passes (both in the no-grad pass
+    and in the re-run) up to the agreed count; loss, gradients and the random stream are unchanged."""
+    encoder = make_tiny_encoder(dropout=0.1).train()
+    features, index = batch_with_negatives()
+    cached = CachedLoss(InfoNCELoss(), mini_batch_size=4)
+    runs = []
+    for extra in (0, 2):
+        monkeypatch.setattr(cached_module.distributed, "agree_max", lambda values, device, e=extra: (values[0] + e,))
+        calls: list[int] = []
+
+        def model(calls=calls, **inputs):
+            calls.append(inputs["input_ids"].shape[0])
+            return encoder(**inputs)
+
+        torch.manual_seed(0)
+        value = cached(model, features, negatives_index=index)
+        value.backward()
+        runs.append((value.detach(), gradients(encoder), calls, torch.rand(1)))
+    (value, grads, calls, after), (padded_value, padded_grads, padded_calls, padded_after) = runs
+    assert padded_calls == [1, 1] + calls[:len(calls) // 2] + [1, 1] + calls[len(calls) // 2:]
+    torch.testing.assert_close(padded_value, value, rtol=0, atol=0)
+    assert max_relative_error(padded_grads, grads) == 0 and torch.equal(after, padded_after)
+
+
 # ----------------------------------------------------------------------------------------------------- DDP
 def _free_port() -> int:
     with socket.socket() as s:

@@ -18,6 +18,8 @@ import torch.multiprocessing as mp
 
 from nlp_contrastive.distributed import (
     Gathered,
+    agree_max,
+    exchange,
     gather_rows,
     label_offset,
     rank_and_world_size,
@@ -30,6 +32,10 @@ from tests.conftest import make_tiny_encoder
 # ------------------------------------------------------------------------------------------ no process group
 def test_rank_and_world_size_without_process_group():
     assert rank_and_world_size() == (0, 1)
+
+
+def test_exchange_and_agreement_without_process_group_need_no_collective():
+    assert exchange([2, 0, 1]) == [(2, 0, 1)] and agree_max([3, 1]) == (3, 1)
 
 
 def test_label_offsets():

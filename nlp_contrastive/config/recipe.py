@@ -193,7 +193,7 @@ def derived_numbers(recipe: Recipe, train_rows: int, batches_per_epoch: int, har
         per_source = batches_per_source(source_rows, per_step, recipe.data.multi_dataset_sampling,
                                         weights=recipe.data.source_weights,
                                         temperature=recipe.data.sampling_temperature,
-                                        drop_last=args.dataloader_drop_last)
+                                        drop_last=args.dataloader_drop_last, num_replicas=world)
     updates_per_epoch = max(math.ceil(batches_per_epoch / args.gradient_accumulation_steps), 1)
     steps = args.max_steps if args.max_steps > 0 else math.ceil(updates_per_epoch * args.num_train_epochs)
     numbers = {"processes": world, "train_rows": train_rows, "global_batch_size": global_batch,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from nlp_contrastive import distributed
+
 # Texts that are embedded; "negatives" is a list of texts per row, flattened for the encoder.
 EMBEDDED_ROLES = ("anchor", "positive", "negative", "negatives")
 # Texts that are only compared, never embedded: every known positive of the row's query, so that none of them
@@ -95,17 +97,33 @@ class Batch:
                              f"got roles {sorted(self.features)} and negatives_index="
                              f"{'set' if self.negatives_index is not None else None}")
 
-    def embed(self, model: Callable[..., torch.Tensor], single_forward: bool | None = True) -> dict[str, torch.Tensor]:
+    def embed(self, model: Callable[..., torch.Tensor], single_forward: bool | None = True,
+              roles: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Embed every role; with `single_forward`, one forward pass over all roles padded to one length.
 
         `single_forward=None` chooses from the lengths: one forward unless padding every role to the longest one
         would add more than 10% padded tokens (e.g. short anchors with long positives), then one per role.
+        `roles` (per-role forwards only): the roles to run, in order, agreed by every process (`forward_plan`);
+        a role this batch lacks runs a one-token placeholder forward whose output counts zero, so every process
+        makes the same number of forward calls (see `nlp_contrastive.distributed`).
         """
-        roles = list(self.features)
         if single_forward is None:
             single_forward = self.one_forward_is_cheaper()
-        if not single_forward or len(roles) == 1:
-            return {role: model(**self.features[role]) for role in roles}
+        if single_forward and len(self.features) > 1:
+            return self._embed_stacked(model, list(self.features))
+        embeddings, zero = {}, None
+        for role in roles if roles is not None else self.features:
+            if role in self.features:
+                embeddings[role] = model(**self.features[role])
+            else:
+                placeholder = placeholder_forward(model, self.features).sum() * 0
+                zero = placeholder if zero is None else zero + placeholder
+        if zero is not None:  # the placeholders join the graph (so backward runs through them too), adding 0
+            first = next(iter(embeddings))
+            embeddings[first] = embeddings[first] + zero
+        return embeddings
+
+    def _embed_stacked(self, model: Callable[..., torch.Tensor], roles: list[str]) -> dict[str, torch.Tensor]:
         width = max(f["input_ids"].shape[1] for f in self.features.values())
         stacked = {key: torch.cat([nn.functional.pad(self.features[r][key], (0, width - self.features[r][key].shape[1]))
                                    for r in roles])
@@ -117,6 +135,26 @@ class Batch:
         embeddings = model(**stacked)
         sizes = [self.features[r]["input_ids"].shape[0] for r in roles]
         return dict(zip(roles, torch.split(embeddings, sizes), strict=True))
+
+    def forward_plan(self, single_forward: bool | None) -> tuple[bool, tuple[str, ...] | None]:
+        """(single forward?, roles to embed one by one) for this step, the same on every process.
+
+        An explicit `single_forward: true` is one call everywhere and needs no agreement. Otherwise the processes
+        agree in one all_reduce: `auto` (None) gives one forward only if every process prefers it, and per-role
+        forwards run the union of the processes' roles (a process without hard negatives still makes the
+        negatives' forward call, as a placeholder): with ZeRO-3 / FSDP every forward call gathers parameters and
+        DDP with broadcast_buffers broadcasts at each, so a process making fewer calls hangs the others.
+        """
+        _, world = distributed.rank_and_world_size()
+        if single_forward or world == 1:
+            return single_forward, None
+        device = next(iter(self.features.values()))["input_ids"].device
+        prefers = self.one_forward_is_cheaper() if single_forward is None else False
+        agreed = distributed.agree_max([int(not prefers)] + [int(r in self.features) for r in EMBEDDED_ROLES],
+                                       device=device)
+        if single_forward is None and agreed[0] == 0:
+            return True, None
+        return False, tuple(r for r, present in zip(EMBEDDED_ROLES, agreed[1:], strict=True) if present)
 
     def one_forward_is_cheaper(self, tolerance: float = 0.1) -> bool:
         """Padded tokens of one stacked forward <= (1 + tolerance) x those of one forward per role."""
@@ -146,6 +184,18 @@ class Batch:
         if taken is None:
             return arguments
         return {k: v for k, v in arguments.items() if k in taken or k not in _OPTIONAL_ARGUMENTS}
+
+
+def placeholder_forward(model: Callable[..., torch.Tensor], like: Features | Mapping[str, Features]) -> torch.Tensor:
+    """A forward call every process must make to keep collectives in step, on one row of one token (the first
+    token of `like`'s first row), leaving the random state as it was (its dropout draws change nothing else).
+    Callers multiply its output by zero."""
+    if "input_ids" not in like:
+        like = next(iter(like.values()))
+    input_ids = like["input_ids"][:1, :1]
+    device = input_ids.device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        return model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
 
 
 def _accepted(loss: nn.Module) -> set[str] | None:

@@ -40,7 +40,12 @@ class MultiDatasetBatchSampler(_EpochBatchSampler):
                     (a source drawn more often than it has batches restarts, reshuffled: up-sampling);
       temperature   the same with weights = rows_s ** (1 / temperature) (T=1 proportional, large T uniform).
     Rank sharding, short final batches and set_epoch are the shared ones; a short batch is topped up only with
-    rows of its own source.
+    rows of its own source. With the plain shuffle inside a source (no inner sampler), a source's remainder
+    shorter than `num_replicas + 1` rows (which would give some rank a 1-row batch: no in-batch negative) joins
+    the source's previous batch, so every row still comes once per epoch: that one batch is up to
+    `num_replicas` rows larger, cut into parts that differ by at most one row (no row repeated; gathering and
+    the loss scaling of `nlp_contrastive.distributed` take ranks of different sizes). A source too small for
+    any batch is an error at construction.
     """
 
     def __init__(self, sources: Sequence[int], batch_size: int, *, sampling: str = "proportional",
@@ -55,6 +60,13 @@ class MultiDatasetBatchSampler(_EpochBatchSampler):
         self.probabilities = source_probabilities([len(r) for r in self.rows_of], sampling, weights, temperature)
         # inner(rows of one source) -> a sampler over those rows whose `_global_batches(rng)` gives local indices
         self._inner = [inner(rows) if inner is not None else None for rows in self.rows_of]
+        smallest = self.global_batch_size if drop_last else self.min_short_batch
+        for source, rows in enumerate(self.rows_of):
+            if len(rows) < smallest:
+                raise ValueError(f"train_data[{source}] has {len(rows)} row(s), too few for one batch of "
+                                 f"{'the global batch size ' if drop_last else ''}{smallest} rows over "
+                                 f"{num_replicas} process(es): add rows to it (or raise max_train_rows), drop it, or lower the "
+                                 "batch size")
 
     def _source_batches(self, source: int, epoch: int, rng: np.random.Generator, repeat: int = 0) -> list[list[int]]:
         rows = self.rows_of[source]
@@ -65,6 +77,9 @@ class MultiDatasetBatchSampler(_EpochBatchSampler):
         else:
             order = rng.permutation(len(rows)).tolist()
             local = [order[i:i + self.global_batch_size] for i in range(0, len(rows), self.global_batch_size)]
+            if not self.drop_last and len(local) > 1 and len(local[-1]) < self.min_short_batch:
+                tail = local.pop()  # too few rows to give every rank 2: they join the previous batch
+                local[-1] = local[-1] + tail
         batches = [rows[batch].tolist() for batch in local]
         if self.drop_last:
             batches = [b for b in batches if len(b) == self.global_batch_size]
@@ -95,8 +110,16 @@ class MultiDatasetBatchSampler(_EpochBatchSampler):
         return batches
 
     def _split_short(self, batch: list[int], seen: list[list[int]]) -> list[list[int]] | None:
+        """Equal parts topped up with rows of the same source (the shared way); a batch with its source's
+        remainder, or one without such rows to top up with, is cut into parts differing by <= 1 row instead."""
         source = self.source_of[batch[0]]
-        return super()._split_short(batch, [[row for row in rows if self.source_of[row] == source] for rows in seen])
+        parts = None
+        if len(batch) < self.global_batch_size:
+            parts = super()._split_short(batch, [[row for row in rows if self.source_of[row] == source]
+                                                 for rows in seen])
+        if parts is None and len(batch) >= 2 * self.num_replicas:
+            parts = [part.tolist() for part in np.array_split(np.asarray(batch), self.num_replicas)]
+        return parts
 
     def _keys(self, row: int) -> Sequence[Hashable]:
         inner = self._inner[self.source_of[row]]
@@ -141,9 +164,11 @@ def source_probabilities(rows: Sequence[int], sampling: str, weights: Sequence[f
 
 def batches_per_source(rows: Sequence[int], global_batch_size: int, sampling: str, *,
                        weights: Sequence[float] | None = None, temperature: float = 1.0,
-                       drop_last: bool = False) -> list[float]:
-    """Expected batches per epoch from each source (printed with the derived numbers)."""
-    own = [r // global_batch_size if drop_last else math.ceil(r / global_batch_size) for r in rows]
+                       drop_last: bool = False, num_replicas: int = 1) -> list[float]:
+    """Expected batches per epoch from each source (printed with the derived numbers); a remainder of fewer
+    than `num_replicas + 1` rows joins the previous batch (`MultiDatasetBatchSampler`)."""
+    own = [r // global_batch_size if drop_last or (r > global_batch_size and r % global_batch_size <= num_replicas)
+           else math.ceil(r / global_batch_size) for r in rows]
     if sampling in ("proportional", "round_robin"):
         return [float(n) for n in own]
     return [round(float(p) * sum(own), 1) for p in source_probabilities(rows, sampling, weights, temperature)]

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from nlp_contrastive.data.batch import Batch
+from nlp_contrastive import distributed
+from nlp_contrastive.data.batch import Batch, placeholder_forward
 
 Features = dict[str, torch.Tensor]
 
@@ -49,10 +50,23 @@ class RandomStateSnapshot:
 
 @dataclass
 class _MiniBatch:
-    role: str
+    role: str | None  # None: a placeholder pass (one token, gradient zero) that keeps the ranks' pass counts equal
     rows: slice
     inputs: Features
     random_state: RandomStateSnapshot | None = None
+
+
+def _agreed_plan(plan: list[_MiniBatch]) -> list[_MiniBatch]:
+    """The plan, led by placeholder passes up to the largest mini-batch count over ranks (one all_reduce).
+
+    FSDP / DeepSpeed wrappers are called for every pass (each gathers parameters), so ranks whose rows or token
+    budget give fewer mini-batches must still make as many calls (`nlp_contrastive.distributed`). Placeholders go
+    first, so the final (gradient-syncing) pass is a real mini-batch on every rank.
+    """
+    device = plan[0].inputs["input_ids"].device
+    (count,) = distributed.agree_max([len(plan)], device=device)
+    filler = [_MiniBatch(None, slice(0, 0), plan[0].inputs) for _ in range(count - len(plan))]
+    return filler + plan
 
 
 class CachedLoss(nn.Module):
@@ -79,9 +93,11 @@ class CachedLoss(nn.Module):
 
     Gradient sync (data parallel): DDP sees exactly one forward and one backward per step, as in an uncached
     step: every pass except the last mini-batch's re-run calls the unwrapped `encoder.module`, so gradients
-    accumulate locally and are all-reduced once, with the last mini-batch. Ranks may have different numbers of
-    mini-batches. Other wrappers (FSDP, DeepSpeed) are called for every pass. Which re-run passes may sync is
-    decided by `gradient_sync(final_pass) -> context manager`, called once per re-run pass: the trainer passes
+    accumulate locally and are all-reduced once, with the last mini-batch. Other wrappers (FSDP, DeepSpeed) are
+    called for every pass, so ranks agree on the number of passes: a rank with fewer mini-batches (fewer rows, or
+    shorter ones under the token budget) first makes one-token placeholder passes with a zero gradient
+    (`nlp_contrastive.distributed`'s rule). Which re-run passes may sync is decided by
+    `gradient_sync(final_pass) -> context manager`, called once per re-run pass: the trainer passes
     `accelerator_sync(accelerator, model)` (accelerate's own `no_sync`, which knows each backend, and its
     `sync_gradients` flag for gradient accumulation); without it, `wrapper_sync(encoder)` runs every re-run but
     the final one inside the wrapper's own `no_sync()` if it has one (DDP's unwrapped passes need none).
@@ -111,8 +127,8 @@ class CachedLoss(nn.Module):
             features=features, negatives_index=negatives_index, extras=loss_kwargs)
         batch.check()
         local = encoder.module if isinstance(encoder, DistributedDataParallel) else encoder
-        plan = [_MiniBatch(role, rows, inputs) for role, role_inputs in batch.features.items()
-                for rows, inputs in self._split(role_inputs)]
+        plan = _agreed_plan([_MiniBatch(role, rows, inputs) for role, role_inputs in batch.features.items()
+                             for rows, inputs in self._split(role_inputs)])
         autocast = _AutocastState.capture(plan[0].inputs, local)
         chunks: dict[str, list[torch.Tensor]] = {role: [] for role in batch.features}
         with torch.no_grad(), warnings.catch_warnings():
@@ -120,7 +136,10 @@ class CachedLoss(nn.Module):
             warnings.filterwarnings("ignore", message="None of the inputs have requires_grad")
             for mini_batch in plan:
                 mini_batch.random_state = RandomStateSnapshot()
-                chunks[mini_batch.role].append(local(**mini_batch.inputs))
+                if mini_batch.role is None:
+                    placeholder_forward(local, mini_batch.inputs)
+                else:
+                    chunks[mini_batch.role].append(local(**mini_batch.inputs))
         embeddings = {role: torch.cat(parts) for role, parts in chunks.items()}
         del chunks
         if not torch.is_grad_enabled():
@@ -234,8 +253,11 @@ class _Replay:
                 mini_batch.random_state.restore()
                 with self.gradient_sync(last):
                     with torch.enable_grad(), self.autocast():
-                        embedding = module(**mini_batch.inputs)
-                    torch.autograd.backward(embedding, grads[mini_batch.role][mini_batch.rows].to(embedding.dtype))
+                        embedding = (placeholder_forward(module, mini_batch.inputs) if mini_batch.role is None
+                                     else module(**mini_batch.inputs))
+                    grad = (torch.zeros_like(embedding) if mini_batch.role is None
+                            else grads[mini_batch.role][mini_batch.rows].to(embedding.dtype))
+                    torch.autograd.backward(embedding, grad)
         finally:
             outer_state.restore()  # the caller's random stream continues as if the re-run never happened
 

@@ -100,17 +100,8 @@ def info_nce(
     negs, neg_ids = _real_negatives(anchor, negatives, negatives_mask, negative_ids)
 
     world = None if gather_across_devices else 1
-    positives = distributed.gather_rows(positive, world_size=world)
-    sizes = positives.sizes
-    anchors = distributed.gather_rows(anchor, sizes=sizes, world_size=world) if symmetric else None
-    all_anchor_ids = _gather_ids(anchor_ids, sizes, world)
-    all_positive_ids = _gather_ids(positive_ids, sizes, world)
-    if negs is not None:
-        gathered_negs = distributed.gather_rows(negs, world_size=world)
-        all_negs = gathered_negs.tensor
-        all_neg_ids = _gather_ids(neg_ids, gathered_negs.sizes, world)
-    else:
-        all_negs, all_neg_ids = None, None
+    gathered = _gather_candidates(anchor, positive, negs, anchor_ids, positive_ids, neg_ids, symmetric, world)
+    positives, anchors, all_anchor_ids, all_positive_ids, all_negs, all_neg_ids = gathered
 
     global_rows = positives.tensor.shape[0]
     n_candidates = global_rows + (0 if all_negs is None else all_negs.shape[0])
@@ -200,8 +191,45 @@ def _real_negatives(anchor: Tensor, negatives: Tensor | None, negatives_mask: Te
     return negatives[negatives_mask], None if negative_ids is None else negative_ids[negatives_mask]
 
 
-def _gather_ids(ids: Tensor | None, sizes: tuple[int, ...], world: int | None) -> Tensor | None:
-    return None if ids is None else distributed.gather_rows(ids, sizes=sizes, world_size=world).tensor
+def _gather_candidates(anchor: Tensor, positive: Tensor, negs: Tensor | None, anchor_ids: Tensor | None,
+                       positive_ids: Tensor | None, neg_ids: Tensor | None, symmetric: bool, world: int | None):
+    """Every rank's positives (+ anchors if symmetric), hard negatives and ids, in rank order.
+
+    Ranks first exchange what they hold (rows, negatives, which ids), so all make the same gathers whatever their
+    batch holds (`nlp_contrastive.distributed`): a rank without hard negatives sends a [0, D] tensor while others
+    send theirs. Returns (positives: Gathered, anchors: Gathered | None, anchor ids, positive ids, negatives,
+    negative ids), the last four tensors or None.
+    """
+    n_negs = 0 if negs is None else negs.shape[0]
+    table = distributed.exchange([anchor.shape[0], n_negs, anchor_ids is not None, positive_ids is not None,
+                                  neg_ids is not None or n_negs == 0], device=anchor.device, world_size=world)
+    sizes, neg_sizes = tuple(row[0] for row in table), tuple(row[1] for row in table)
+    gather_anchor_ids, gather_positive_ids = (_all_or_none(table, column, name) for column, name in
+                                              ((2, "anchor_ids"), (3, "positive_ids")))
+    positives = distributed.gather_rows(positive, sizes=sizes, world_size=world)
+    anchors = distributed.gather_rows(anchor, sizes=sizes, world_size=world) if symmetric else None
+    all_anchor_ids = _gather(anchor_ids, sizes, world) if gather_anchor_ids else None
+    all_positive_ids = _gather(positive_ids, sizes, world) if gather_positive_ids else None
+    if not sum(neg_sizes):
+        return positives, anchors, all_anchor_ids, all_positive_ids, None, None
+    all_negs = _gather(anchor[:0] if negs is None else negs, neg_sizes, world)
+    with_negatives = [row for row in table if row[1]]
+    if not _all_or_none(with_negatives, 4, "negative_ids"):
+        return positives, anchors, all_anchor_ids, all_positive_ids, all_negs, None
+    mine = neg_ids if neg_ids is not None else torch.zeros(0, dtype=torch.long, device=anchor.device)
+    return positives, anchors, all_anchor_ids, all_positive_ids, all_negs, _gather(mine, neg_sizes, world)
+
+
+def _all_or_none(table: list[tuple[int, ...]], column: int, name: str) -> bool:
+    """Whether every rank has an optional input (then it is gathered); an error on every rank when only some do."""
+    flags = {row[column] for row in table}
+    if len(flags) > 1:
+        raise ValueError(f"{name} given on some processes only: pass it on every process or on none")
+    return bool(flags.pop())
+
+
+def _gather(tensor: Tensor, sizes: tuple[int, ...], world: int | None) -> Tensor:
+    return distributed.gather_rows(tensor, sizes=sizes, world_size=world).tensor
 
 
 def _equal(candidate_ids: Tensor | None, row_ids: Tensor | None) -> Tensor | None:
