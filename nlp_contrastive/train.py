@@ -153,6 +153,12 @@ def build_encoder(cfg: config.ModelConfig) -> Encoder:
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     encoder = Encoder.from_pretrained(cfg.model_name_or_path, pooling=cfg.pooling, normalize=cfg.normalize,
                                       max_seq_length=cfg.max_seq_length, **kwargs)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        # transformers' ZeRO-3 loading keeps every known key renaming, used or not, and save_pretrained reverts them
+        # all (BERT's LayerNorm weight/bias saved as legacy gamma/beta): keep only the model's own, as elsewhere.
+        encoder.model._weight_conversions = None
     if cfg.include_prompt is not None:
         encoder.include_prompt = cfg.include_prompt
     if cfg.keep_layers is not None:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from nlp_contrastive.batch import Batch
+from nlp_contrastive.engines import accumulate_locally
 
 Features = dict[str, torch.Tensor]
 
@@ -208,7 +209,7 @@ def accelerator_sync(accelerator, model) -> SyncContext:
     def context(final_pass: bool) -> contextlib.AbstractContextManager:
         if final_pass and accelerator.sync_gradients:
             return contextlib.nullcontext()
-        return accelerator.no_sync(model)
+        return accumulate_locally(accelerator, model, final_pass=final_pass)
 
     return context
 

@@ -1,0 +1,75 @@
+"""What differs between the training engines (DDP, DeepSpeed ZeRO 1/2/3, FSDP) that our code must know about.
+
+accelerate hides most of it; three things it does not:
+- **Local gradient accumulation inside one backward** (GradCache re-runs one mini-batch at a time): DDP and FSDP
+  have `no_sync`; DeepSpeed ZeRO >= 2 reduces each parameter's gradient in a hook as soon as it is computed and
+  refuses a second one in the same backward. `accumulate_locally` makes those hooks leave the gradient on the
+  parameter (DeepSpeed's own `coalesce_grad_reduction` switch), so the next backward outside it adds to it and
+  its hooks reduce the sum once, as after a single backward.
+- **Loading full weights into a sharded model** (resume under FSDP): `load_full_state_dict`.
+- **Whether the live parameters are shards** (ZeRO-3, FSDP): `weights_are_sharded`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["accumulate_locally", "load_full_state_dict", "weights_are_sharded", "zero_stage"]
+
+
+def zero_stage(accelerator) -> int | None:
+    """The DeepSpeed ZeRO stage accelerate runs, or None when it does not run DeepSpeed."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return None if plugin is None else int(plugin.zero_stage)
+
+
+def weights_are_sharded(accelerator) -> bool:
+    """True when each process holds only a shard of the parameters (DeepSpeed ZeRO-3, FSDP)."""
+    return getattr(accelerator.state, "fsdp_plugin", None) is not None or zero_stage(accelerator) == 3
+
+
+@contextlib.contextmanager
+def accumulate_locally(accelerator, model, *, final_pass: bool = False) -> Iterator[None]:
+    """Backward passes inside add to the local gradients without reducing them across processes; the next
+    backward outside reduces the sum once. accelerate's `no_sync` does this for DDP, FSDP and ZeRO-1; for ZeRO >= 2
+    (where it does nothing) the engine's ZeRO optimizer is told to coalesce: its reduce hooks return at once.
+
+    `final_pass`: the last backward of a micro-step inside a gradient-accumulation window. ZeRO >= 2 reduces it
+    (DeepSpeed accumulates its micro-steps in the sharded gradients itself); the others keep it local."""
+    stage = zero_stage(accelerator)
+    optimizer = getattr(model, "optimizer", None)
+    if stage is None or stage < 2 or not hasattr(optimizer, "_coalesce_grad_reduction"):
+        with accelerator.no_sync(model):
+            yield
+        return
+    if final_pass:
+        yield
+        return
+    previous = optimizer._coalesce_grad_reduction
+    optimizer._coalesce_grad_reduction = True
+    try:
+        yield
+    finally:
+        optimizer._coalesce_grad_reduction = previous
+
+
+def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor], *, strict: bool = False):
+    """`module.load_state_dict(state)` for full (unsharded) tensors, also when the module's parameters are FSDP
+    shards (DTensors): torch's distributed state-dict API scatters each full tensor to the shards. Returns
+    (missing, unexpected) keys like `load_state_dict`."""
+    if not any(_is_dtensor(p) for p in module.parameters()):
+        return module.load_state_dict(state, strict=strict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    result = set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=strict))
+    return result.missing_keys, result.unexpected_keys
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
