@@ -70,7 +70,9 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
                                                            source_weights=recipe.data.source_weights,
                                                            sampling_temperature=recipe.data.sampling_temperature)
     if args.should_log:  # the sampler built here is the one the trainer gets from the factory
-        batches = sampling.batches_per_epoch(batch_sampler_factory, train_ds, args.per_device_train_batch_size, args)
+        # train_batch_size: per device x GPUs of this process (nn.DataParallel, several GPUs without a launcher),
+        # the batch the Trainer's own loader and its sampler are built with.
+        batches = sampling.batches_per_epoch(batch_sampler_factory, train_ds, args.train_batch_size, args)
         source_rows = list(np.bincount(train_ds[SOURCE_COLUMN][:], minlength=len(sources))) if multi else None
         config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
                                                              train_data.hard_negatives_per_row(train_ds),
