@@ -8,17 +8,21 @@ accelerate hides most of it; three things it does not:
   its hooks reduce the sum once, as after a single backward.
 - **Loading full weights into a sharded model** (resume under FSDP): `load_full_state_dict`.
 - **Whether the live parameters are shards** (ZeRO-3, FSDP): `weights_are_sharded`.
+And one thing accelerate does silently: an FSDP config on a machine without GPUs runs plain data parallel (or
+independent processes); `check_requested_engine` stops such a run instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["accumulate_locally", "load_full_state_dict", "weights_are_sharded", "zero_stage"]
+__all__ = ["accumulate_locally", "check_requested_engine", "load_full_state_dict", "weights_are_sharded",
+           "zero_stage"]
 
 
 def zero_stage(accelerator) -> int | None:
@@ -30,6 +34,20 @@ def zero_stage(accelerator) -> int | None:
 def weights_are_sharded(accelerator) -> bool:
     """True when each process holds only a shard of the parameters (DeepSpeed ZeRO-3, FSDP)."""
     return getattr(accelerator.state, "fsdp_plugin", None) is not None or zero_stage(accelerator) == 3
+
+
+def check_requested_engine(args) -> None:
+    """Stop when `accelerate launch` asked for FSDP but accelerate will not run it: it turns FSDP on only for
+    GPU-like devices, and on a CPU the same command trains with plain data parallel (or in independent processes)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    from accelerate.utils import DistributedType
+
+    _ = args.device  # sets up the distributed state
+    if args.distributed_state.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU):
+        raise ValueError("the accelerate config asks for FSDP, but accelerate runs FSDP only on GPUs and this run is "
+                         "on the CPU: use recipes/accelerate/cpu.yaml (data parallel) or deepspeed-zero3.yaml "
+                         "(sharded; add --mixed_precision no --use_cpu true)")
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import numpy as np
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from nlp_contrastive import config, data, sampling, student, teacher, train_data
+from nlp_contrastive import config, data, engines, sampling, student, teacher, train_data
 from nlp_contrastive.batch import SOURCE_COLUMN
 from nlp_contrastive.losses.build import build_recipe_loss
 from nlp_contrastive.modeling import Encoder
@@ -48,6 +48,7 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = config.load_recipe(recipe_path, overrides)
     args = recipe.training
+    engines.check_requested_engine(args)
     config.check_output_dir(args)
     set_seed(args.seed)  # LoRA adapters are initialised randomly when built (Trainer seeds again later)
     output_dir_existed = Path(args.output_dir).exists()
@@ -97,7 +98,7 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     if not trainer.is_world_process_zero():
         return 0
     output_dir = Path(args.output_dir)
-    if trainer.is_fsdp_enabled:  # the live model is sharded: evaluate the saved full one on rank 0 alone
+    if engines.weights_are_sharded(trainer.accelerator):  # FSDP / ZeRO-3: evaluate the saved full model instead
         encoder = Encoder.from_pretrained(output_dir)
     final_evaluation(recipe, encoder, output_dir)
     record = build_run_record(recipe, loss, [len(s) for s in sources], len(train_ds), train_output,

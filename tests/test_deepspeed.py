@@ -41,18 +41,22 @@ GATHER = ("--loss_kwargs", "{temperature: 0.05, gather_across_devices: true}")
 LEARNABLE = ("--loss_kwargs", "{temperature: 0.05, bias: -15.0, learnable: true}")
 
 
-def common(model, out, *extra: str) -> list[str]:
+FINAL_EVAL = "[{name: sts, type: sts, dataset: stsb, split: validation, max_rows: 64}]"
+
+
+def common(model, out, *extra: str, final_eval: str = "[]") -> list[str]:
     return ["--model_name_or_path", str(model), "--output_dir", str(out), "--max_train_rows", "40",
             "--per_device_train_batch_size", "8", "--optim", "sgd", "--learning_rate", "0.1",
             "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--bf16", "false", "--use_cpu", "true",
-            "--eval_tasks", "[]", "--final_eval_tasks", "[]", "--eval_strategy", "no", "--report_to", "none",
+            "--eval_tasks", "[]", "--final_eval_tasks", final_eval, "--eval_strategy", "no", "--report_to", "none",
             "--load_best_model_at_end", "false", "--logging_steps", "1", "--batch_sampler", "no_duplicates",
             *extra]
 
 
 def infonce(model, out, *extra: str) -> list[str]:
+    """The InfoNCE runs, with a small final evaluation (on rank 0, of the saved model when the live one is sharded)."""
     return common(model, out, "--max_steps", "3", "--gradient_accumulation_steps", "2", "--save_strategy", "no",
-                  *GATHER, *extra)
+                  *GATHER, *extra, final_eval=FINAL_EVAL)
 
 
 def logloss(model, out, *extra: str) -> list[str]:
@@ -98,7 +102,11 @@ def one_process(model, tmp_path_factory, data_dir):
     assert train(INFONCE, infonce(model, out, "--per_device_train_batch_size", "16", "--cached", "false")) == 0
     reference = update(out, weights(model))
     assert reference.norm() > 1e-2, "training did not move the weights"
-    return reference
+    return reference, final_score(out)
+
+
+def final_score(folder) -> float:
+    return json.loads((folder / "results.json").read_text())["sts"]["pearson_cosine"]
 
 
 @pytest.fixture(scope="module", params=[1, 2, 3], ids=lambda stage: f"zero{stage}")
@@ -118,10 +126,11 @@ def stage_runs(request, model, tmp_path_factory, data_dir):
 
 @pytest.mark.parametrize("run", ["plain", "cached"])
 def test_zero_stage_trains_to_the_one_process_weights(stage_runs, one_process, model, run):
+    reference, score = one_process
     ours = update(stage_runs / run, weights(model))
-    relative = ((ours - one_process).norm() / one_process.norm()).item()
+    relative = ((ours - reference).norm() / reference.norm()).item()
     assert relative < 1e-5, f"{run}: the update differs from one process's by {relative:.2e} of its norm"
-
+    assert final_score(stage_runs / run) == pytest.approx(score, abs=1e-4)  # the full model was evaluated
 
 def test_zero_stage_saves_a_full_sentence_transformers_folder(stage_runs, model):
     from sentence_transformers import SentenceTransformer
