@@ -21,8 +21,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["accumulate_locally", "check_requested_engine", "load_full_state_dict", "weights_are_sharded",
-           "zero_stage"]
+__all__ = ["accumulate_locally", "check_checkpointing", "check_requested_engine", "load_full_state_dict", "stop_zero3_model_loading",
+           "weights_are_sharded", "zero_stage"]
 
 
 def zero_stage(accelerator) -> int | None:
@@ -48,6 +48,32 @@ def check_requested_engine(args) -> None:
         raise ValueError("the accelerate config asks for FSDP, but accelerate runs FSDP only on GPUs and this run is "
                          "on the CPU: use recipes/accelerate/cpu.yaml (data parallel) or deepspeed-zero3.yaml "
                          "(sharded; add --mixed_precision no --use_cpu true)")
+
+
+def check_checkpointing(args, accelerator) -> None:
+    """Reentrant activation checkpointing cannot run under DDP with several processes: DDP marks each parameter
+    ready once per backward, and reentrant checkpointing backpropagates every layer in a backward of its own (the
+    run would stop at its first step with "Expected to mark a variable ready only once")."""
+    enabled = getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False)
+    options = (getattr(args, "activation_checkpointing_kwargs", None)
+               or getattr(args, "gradient_checkpointing_kwargs", None) or {})
+    if not (enabled and options.get("use_reentrant")) or accelerator.num_processes == 1:
+        return
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        raise ValueError("activation (gradient) checkpointing with use_reentrant: true cannot run under DDP with several "
+                         "processes (DDP marks each parameter ready once per backward): leave use_reentrant out "
+                         "(non-reentrant checkpointing, the default)")
+
+
+def stop_zero3_model_loading() -> None:
+    """From here on transformers loads models whole. Under ZeRO-3 its `from_pretrained` partitions a model over the
+    processes as it loads (collectives), which hangs or fails a process loading alone after training (rank 0's
+    final evaluation of the saved model); call it on every rank."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 @contextlib.contextmanager

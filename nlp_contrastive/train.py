@@ -95,10 +95,13 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
         encoder.merge_lora()
     trainer.save_model(args.output_dir)  # every rank: FSDP / DeepSpeed gather the full weights collectively
     _leave_process_group(trainer)  # the last collective: what follows runs on rank 0 alone
+    sharded = engines.weights_are_sharded(trainer.accelerator)
+    if sharded:
+        engines.stop_zero3_model_loading()
     if not trainer.is_world_process_zero():
         return 0
     output_dir = Path(args.output_dir)
-    if engines.weights_are_sharded(trainer.accelerator):  # FSDP / ZeRO-3: evaluate the saved full model instead
+    if sharded:  # FSDP / ZeRO-3: the live model is sharded, evaluate the saved full one
         encoder = Encoder.from_pretrained(output_dir)
     final_evaluation(recipe, encoder, output_dir)
     record = build_run_record(recipe, loss, [len(s) for s in sources], len(train_ds), train_output,

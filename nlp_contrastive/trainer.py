@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from nlp_contrastive import engines
 from nlp_contrastive.batch import ROW_ID, SOURCE_COLUMN, Batch, BatchCollator
 from nlp_contrastive.checkpointing import CheckpointHooks
 from nlp_contrastive.distributed import average_gradients_across_ranks
@@ -194,6 +195,7 @@ class ContrastiveTrainer(CheckpointHooks, Trainer):
         eval_dataset = ["suite"] if evaluator is not None else None
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=None, **kwargs)
+        engines.check_checkpointing(args, self.accelerator)
         self.nonfinite_guard = NonFiniteLossGuard(self)
         self.signal_stop = SignalStop(self)
         self.add_callback(self.signal_stop)

@@ -5,9 +5,10 @@ one process group (tests/engine_train.py):
 - plain: InfoNCE with gather_across_devices, gradient accumulation 2, plain SGD, the no-duplicates sampler over 40
   rows (global batches of 16, 16 and a short 8: the ranks hold different texts and lengths);
 - cached: the same with GradCache (`cached: true`, mini-batches of 3 rows);
+- cached-checkpointing: GradCache with activation (gradient) checkpointing;
 - straight: LogLoss with a learnable scale and bias, 4 steps, checkpoints at 2 and 4;
 - resumed: the same resumed from straight's checkpoint-2.
-Both InfoNCE runs must give the weights of ONE process training on the whole global batch (gathered InfoNCE makes
+The InfoNCE runs must give the weights of ONE process training on the whole global batch (gathered InfoNCE makes
 2 x 8 rows the same loss as 1 x 16), saved as a full sentence-transformers folder (under ZeRO-3 the weights are
 gathered from the shards). "Equal" = the weight update differs from the one-process update by less than 1e-5 of
 its norm (measured 0.9-1.5e-6 on a Xeon with AVX512: fp32 round-off of a different summation order; a missed or
@@ -21,8 +22,6 @@ On the old code GradCache under ZeRO >= 2 was refused, and a learnable loss para
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -30,46 +29,18 @@ from safetensors.torch import load_file
 
 from nlp_contrastive.train import train
 from tests.conftest import REPO_ROOT, make_tiny_encoder
-from tests.test_ddp_training import subprocess_env
+from tests.engine_train import INFONCE, common, infonce, launch
 
 pytest.importorskip("deepspeed", reason="deepspeed is part of the dev extra: pip install -e '.[dev]'")
 pytestmark = pytest.mark.slow
 
-INFONCE = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")
 LOGLOSS = str(REPO_ROOT / "recipes" / "msrp-logloss.yaml")
-GATHER = ("--loss_kwargs", "{temperature: 0.05, gather_across_devices: true}")
 LEARNABLE = ("--loss_kwargs", "{temperature: 0.05, bias: -15.0, learnable: true}")
-
-
-FINAL_EVAL = "[{name: sts, type: sts, dataset: stsb, split: validation, max_rows: 64}]"
-
-
-def common(model, out, *extra: str, final_eval: str = "[]") -> list[str]:
-    return ["--model_name_or_path", str(model), "--output_dir", str(out), "--max_train_rows", "40",
-            "--per_device_train_batch_size", "8", "--optim", "sgd", "--learning_rate", "0.1",
-            "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--bf16", "false", "--use_cpu", "true",
-            "--eval_tasks", "[]", "--final_eval_tasks", final_eval, "--eval_strategy", "no", "--report_to", "none",
-            "--load_best_model_at_end", "false", "--logging_steps", "1", "--batch_sampler", "no_duplicates",
-            *extra]
-
-
-def infonce(model, out, *extra: str) -> list[str]:
-    """The InfoNCE runs, with a small final evaluation (on rank 0, of the saved model when the live one is sharded)."""
-    return common(model, out, "--max_steps", "3", "--gradient_accumulation_steps", "2", "--save_strategy", "no",
-                  *GATHER, *extra, final_eval=FINAL_EVAL)
 
 
 def logloss(model, out, *extra: str) -> list[str]:
     return common(model, out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", *LEARNABLE,
                   *extra)
-
-
-def launch(config: str, plan: list[dict], root) -> subprocess.CompletedProcess:
-    (root / "plan.json").write_text(json.dumps(plan))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO_ROOT / "recipes" / "accelerate" / config), "--mixed_precision", "no",
-           "-m", "tests.engine_train", str(root / "plan.json")]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO_ROOT, env=subprocess_env())
 
 
 def weights(folder) -> dict[str, torch.Tensor]:
@@ -85,7 +56,7 @@ def update(folder, initial: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def loss_values(folder) -> list[dict]:
-    return [json.loads((folder / f"loss-rank{rank}.json").read_text()) for rank in (0, 1)]
+    return [json.loads((folder / f"run-rank{rank}.json").read_text())["loss_parameters"] for rank in (0, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -115,22 +86,27 @@ def stage_runs(request, model, tmp_path_factory, data_dir):
     plan = [{"recipe": INFONCE, "args": infonce(model, root / "plain", "--cached", "false")},
             {"recipe": INFONCE, "args": infonce(model, root / "cached", "--cached", "true",
                                                 "--cache_mini_batch_size", "3")},
+            {"recipe": INFONCE, "args": infonce(model, root / "cached-checkpointing", "--cached", "true",
+                                                "--cache_mini_batch_size", "3", "--activation_checkpointing", "true")},
             {"recipe": LOGLOSS, "args": logloss(model, root / "straight")},
             {"recipe": LOGLOSS, "args": logloss(model, root / "resumed", "--resume_from_checkpoint",
                                                 str(root / "straight" / "checkpoint-2"))}]
-    proc = launch(f"deepspeed-zero{request.param}.yaml", plan, root)
+    config = REPO_ROOT / "recipes" / "accelerate" / f"deepspeed-zero{request.param}.yaml"
+    proc = launch(["--config_file", str(config), "--mixed_precision", "no"], plan, root)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "terminate called" not in proc.stderr, "a rank aborted at exit"
     return root
 
 
-@pytest.mark.parametrize("run", ["plain", "cached"])
+@pytest.mark.parametrize("run", ["plain", "cached", "cached-checkpointing"])
 def test_zero_stage_trains_to_the_one_process_weights(stage_runs, one_process, model, run):
     reference, score = one_process
     ours = update(stage_runs / run, weights(model))
     relative = ((ours - reference).norm() / reference.norm()).item()
     assert relative < 1e-5, f"{run}: the update differs from one process's by {relative:.2e} of its norm"
     assert final_score(stage_runs / run) == pytest.approx(score, abs=1e-4)  # the full model was evaluated
+    checkpointing = json.loads((stage_runs / run / "run-rank0.json").read_text())["activation_checkpointing"]
+    assert checkpointing == run.endswith("checkpointing")
 
 def test_zero_stage_saves_a_full_sentence_transformers_folder(stage_runs, model):
     from sentence_transformers import SentenceTransformer
