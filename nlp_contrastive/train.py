@@ -16,7 +16,7 @@ import numpy as np
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from nlp_contrastive import config, student, teacher
+from nlp_contrastive import config, engines, student, teacher
 from nlp_contrastive.data import loading, multi_dataset, sampling, train_data
 from nlp_contrastive.data.batch import SOURCE_COLUMN
 from nlp_contrastive.losses.build import build_recipe_loss
@@ -49,6 +49,7 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = config.load_recipe(recipe_path, overrides)
     args = recipe.training
+    engines.check_requested_engine(args)
     config.check_output_dir(args)
     set_seed(args.seed)  # LoRA adapters are initialised randomly when built (Trainer seeds again later)
     output_dir_existed = Path(args.output_dir).exists()
@@ -71,7 +72,9 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
                                                                 source_weights=recipe.data.source_weights,
                                                                 sampling_temperature=recipe.data.sampling_temperature)
     if args.should_log:  # the sampler built here is the one the trainer gets from the factory
-        batches = sampling.batches_per_epoch(batch_sampler_factory, train_ds, args.per_device_train_batch_size, args)
+        # train_batch_size: per device x GPUs of this process (nn.DataParallel, several GPUs without a launcher),
+        # the batch the Trainer's own loader and its sampler are built with.
+        batches = sampling.batches_per_epoch(batch_sampler_factory, train_ds, args.train_batch_size, args)
         source_rows = list(np.bincount(train_ds[SOURCE_COLUMN][:], minlength=len(sources))) if multi else None
         config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
                                                              train_data.hard_negatives_per_row(train_ds),
@@ -93,10 +96,13 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
         encoder.merge_lora()
     trainer.save_model(args.output_dir)  # every rank: FSDP / DeepSpeed gather the full weights collectively
     _leave_process_group(trainer)  # the last collective: what follows runs on rank 0 alone
+    sharded = engines.weights_are_sharded(trainer.accelerator)
+    if sharded:
+        engines.stop_zero3_model_loading()
     if not trainer.is_world_process_zero():
         return 0
     output_dir = Path(args.output_dir)
-    if trainer.is_fsdp_enabled:  # the live model is sharded: evaluate the saved full one on rank 0 alone
+    if sharded:  # FSDP / ZeRO-3: the live model is sharded, evaluate the saved full one
         encoder = Encoder.from_pretrained(output_dir)
     final_evaluation(recipe, encoder, output_dir)
     record = build_run_record(recipe, loss, [len(s) for s in sources], len(train_ds), train_output,
@@ -154,6 +160,12 @@ def build_encoder(cfg: config.ModelConfig) -> Encoder:
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     encoder = Encoder.from_pretrained(cfg.model_name_or_path, pooling=cfg.pooling, normalize=cfg.normalize,
                                       max_seq_length=cfg.max_seq_length, **kwargs)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        # transformers' ZeRO-3 loading keeps every known key renaming, used or not, and save_pretrained reverts them
+        # all (BERT's LayerNorm weight/bias saved as legacy gamma/beta): keep only the model's own, as elsewhere.
+        encoder.model._weight_conversions = None
     if cfg.include_prompt is not None:
         encoder.include_prompt = cfg.include_prompt
     if cfg.keep_layers is not None:

@@ -9,28 +9,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
 
-import safetensors.torch
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from nlp_contrastive import engines
+from nlp_contrastive.checkpointing import CheckpointHooks
 from nlp_contrastive.data.batch import ROW_ID, SOURCE_COLUMN, Batch, BatchCollator
 from nlp_contrastive.distributed import average_gradients_across_ranks
-from nlp_contrastive.lora import LORA_ADAPTER_CONFIG, load_adapter_weights
 from nlp_contrastive.losses.build import SourceLosses
 from nlp_contrastive.losses.cached import CachedLoss, accelerator_sync
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.precision import fp32_evaluation
 
-LOSS_PARAMETERS_NAME = "loss_parameters.safetensors"  # in checkpoints: learnable loss scale/bias
+__all__ = ["ContrastiveTrainer", "NonFiniteLossError"]
 logger = logging.getLogger(__name__)
 
 
@@ -157,19 +154,25 @@ class SignalStop(TrainerCallback):
 
 
 class ZeroLossGradients(TrainerCallback):
-    """Clear the loss's own parameter gradients after each optimizer step, as Trainer's `model.zero_grad()` does
-    for the encoder's: they live outside the model, so without this they would accumulate over every step (and a
-    resumed run, whose gradients restart from zero, would diverge from an uninterrupted one)."""
+    """After each optimizer step: step the loss parameters' own optimizer if they have one (under DeepSpeed / FSDP,
+    at the learning rate the encoder's step used), then clear their gradients, as Trainer's `model.zero_grad()`
+    does for the encoder's: they live outside the model, so without this they would accumulate over every step
+    (and a resumed run, whose gradients restart from zero, would diverge from an uninterrupted one)."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
 
     def on_optimizer_step(self, args, state, control, **kwargs):
+        side = self.trainer.loss_optimizer
+        if side is not None:
+            for group in side.param_groups:
+                group["lr"] = self.trainer.optimizer.param_groups[0]["lr"]
+            side.step()
         for parameter in self.trainer.loss.parameters():
             parameter.grad = None
 
 
-class ContrastiveTrainer(Trainer):
+class ContrastiveTrainer(CheckpointHooks, Trainer):
     """Trainer for an `Encoder` and a loss over role embeddings; evaluation through the evaluation suite."""
 
     # Our losses return a batch mean, so Trainer must divide by gradient_accumulation_steps itself (it would
@@ -180,6 +183,7 @@ class ContrastiveTrainer(Trainer):
                  evaluator: Callable[[Encoder], dict[str, float]] | None = None, batch_sampler_factory=None,
                  single_forward: bool | str | None = True, **kwargs) -> None:
         self.loss = loss
+        self.loss_optimizer: torch.optim.Optimizer | None = None  # see create_optimizer
         self.evaluator = evaluator
         # True / False, or None = chosen per batch from the lengths (a recipe's "auto" | "true" | "false")
         self.single_forward = {"auto": None, "true": True, "false": False}.get(single_forward, single_forward) \
@@ -192,12 +196,7 @@ class ContrastiveTrainer(Trainer):
         eval_dataset = ["suite"] if evaluator is not None else None
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=None, **kwargs)
-        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None) if self.is_deepspeed_enabled else None
-        cached = any(isinstance(m, CachedLoss) for m in loss.modules())
-        if cached and plugin is not None and plugin.zero_stage >= 2:
-            raise ValueError(f"cached: true (GradCache) cannot run under DeepSpeed ZeRO stage {plugin.zero_stage}: "
-                             "ZeRO >= 2 reduces each gradient once per backward, GradCache backpropagates once per "
-                             "mini-batch; use zero_stage: 1, DDP (recipes/accelerate/ddp.yaml) or FSDP")
+        engines.check_checkpointing(args, self.accelerator)
         self.nonfinite_guard = NonFiniteLossGuard(self)
         self.signal_stop = SignalStop(self)
         self.add_callback(self.signal_stop)
@@ -243,14 +242,26 @@ class ContrastiveTrainer(Trainer):
     # ---------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """Trainer's optimizer for the encoder, plus the loss's own trainable parameters (e.g. LogLoss's learnable
-        scale and bias) in a group without weight decay — decaying a temperature or a bias toward 0 is wrong."""
+        scale and bias) without weight decay — decaying a temperature or a bias toward 0 is wrong.
+
+        With DDP they are a group of that optimizer. Under DeepSpeed / FSDP they get an optimizer of the same kind
+        of their own (`self.loss_optimizer`, stepped with the engine's steps by ZeroLossGradients): ZeRO takes
+        only parameters of the module it wraps (and no 0-dim ones), FSDP's optimizer holds sharded tensors."""
         optimizer = super().create_optimizer(model)
         loss_parameters = [p for p in self.loss.parameters() if p.requires_grad]
-        if loss_parameters and not any(p is q for group in optimizer.param_groups for p in group["params"]
-                                       for q in loss_parameters):
-            self.loss.to(self.args.device)
-            optimizer.add_param_group({"params": loss_parameters, "weight_decay": 0.0})
-            average_gradients_across_ranks(loss_parameters)  # DDP averages only the model's gradients
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if self.loss_optimizer is not None:
+            known.update(id(p) for group in self.loss_optimizer.param_groups for p in group["params"])
+        if not loss_parameters or any(id(p) in known for p in loss_parameters):
+            return optimizer
+        self.loss.to(self.args.device)
+        group = {"params": loss_parameters, "weight_decay": 0.0}
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            self.loss_optimizer = optimizer_cls([group], **optimizer_kwargs)
+        else:
+            optimizer.add_param_group(group)
+        average_gradients_across_ranks(loss_parameters)  # the engines average only the model's gradients
         return optimizer
 
     # --------------------------------------------------------------------------------------------- loss
@@ -276,99 +287,6 @@ class ContrastiveTrainer(Trainer):
         if model.training:
             loss = self.nonfinite_guard(loss, inputs)
         return (loss, {}) if return_outputs else loss
-
-    # ------------------------------------------------------------------------------------------- saving
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Checkpoints in sentence-transformers format, so any checkpoint is a usable model.
-
-        Under FSDP / DeepSpeed, `save_model` gathers the full `state_dict` on every rank first (a collective);
-        it is what gets written, since the local parameters are only this rank's shards.
-        """
-        if not self.args.should_save:
-            return
-        output_dir = output_dir or self.args.output_dir
-        encoder: Encoder = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        encoder.save_pretrained(output_dir, state_dict=state_dict)
-        if os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
-            # Checkpoints carry the arguments as transformers' do; the final folder is the model alone (it is
-            # what gets pushed, and the pickled arguments may hold a hub token).
-            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-            loss_state = {name: p.detach().cpu().contiguous() for name, p in self.loss.named_parameters()
-                          if p.requires_grad}
-            if loss_state:  # learnable loss parameters resume with the encoder (the optimizer state alone would not)
-                safetensors.torch.save_file(loss_state, os.path.join(output_dir, LOSS_PARAMETERS_NAME))
-
-    def _get_output_dir(self, trial) -> str:
-        staging = getattr(self, "_checkpoint_staging_dir", None)
-        return staging if staging is not None else super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        """Write checkpoint-N in a hidden staging folder, then rename it into place: a crash mid-save never leaves
-        a half-written checkpoint-N for `--resume_from_checkpoint true` to pick up."""
-        run_dir = super()._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging = os.path.join(run_dir, f".staging-{name}")
-        if self.args.should_save:
-            shutil.rmtree(staging, ignore_errors=True)
-        self.accelerator.wait_for_everyone()  # no rank writes its rng_state_{r}.pth before the old staging is gone
-        self._checkpoint_staging_dir = staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._checkpoint_staging_dir = None
-        final = os.path.join(run_dir, name)
-        if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
-            self.state.best_model_checkpoint = final  # on every rank: all of them may load the best model
-        self.accelerator.wait_for_everyone()  # every rank's files are in staging before rank 0 renames it
-        if self.args.should_save:
-            if self.state.best_model_checkpoint == final:
-                self.state.save_to_json(os.path.join(staging, name, TRAINER_STATE_NAME))
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)
-            shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-        self.accelerator.wait_for_everyone()  # checkpoint-N is in place for every rank (e.g. to load the best)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Copy a checkpoint's weights (the full encoder, or its LoRA adapters) and the loss's learnable parameters
-        into the live ones, in place: the optimizer built over them keeps its references."""
-        encoder: Encoder = self.accelerator.unwrap_model(model or self.model, keep_torch_compile=False)
-        self._load_loss_parameters(resume_from_checkpoint)
-        adapter = os.path.isfile(os.path.join(resume_from_checkpoint, LORA_ADAPTER_CONFIG))
-        if adapter != encoder.is_lora:
-            held, wanted = ("LoRA adapters", "a full model") if adapter else ("a full model", "LoRA adapters")
-            raise ValueError(f"checkpoint '{resume_from_checkpoint}' holds {held} but this run trains {wanted}: "
-                             "resume with the recipe's own lora settings, or start a new output_dir")
-        if adapter:
-            load_adapter_weights(encoder.model, resume_from_checkpoint)
-            return
-        weights = os.path.join(resume_from_checkpoint, "model.safetensors")
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"checkpoint '{resume_from_checkpoint}' has no model.safetensors: resume from a "
-                                    "complete checkpoint-N folder written by this trainer")
-        state = safetensors.torch.load_file(weights, device=str(encoder.device))
-        try:
-            missing, unexpected = encoder.model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches: a checkpoint of another model size
-            problem = next((line.strip() for line in str(exc).splitlines() if "mismatch" in line), str(exc))
-            raise ValueError(f"checkpoint '{resume_from_checkpoint}' does not match the model ({problem[:200]}): "
-                             "resume with the same model_name_or_path, or start a new output_dir") from None
-        if unexpected or [k for k in missing if "position_ids" not in k]:
-            raise ValueError(f"checkpoint '{resume_from_checkpoint}' does not match the model "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]}): resume with the same model_name_or_path")
-
-    def _load_loss_parameters(self, checkpoint: str) -> None:
-        path = os.path.join(checkpoint, LOSS_PARAMETERS_NAME)
-        if os.path.isfile(path):
-            with torch.no_grad():
-                for name, value in safetensors.torch.load_file(path).items():
-                    self.loss.get_parameter(name).copy_(value)
-
-    def _load_best_model(self) -> None:
-        logger.info("Loading best model from %s (score: %s)", self.state.best_model_checkpoint, self.state.best_metric)
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     # --------------------------------------------------------------------------------------- evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:

@@ -1,8 +1,6 @@
-"""The trainer under `accelerate launch` with 2 CPU processes (gloo): DDP and DeepSpeed ZeRO-2 give the same weights.
+"""The trainer under `accelerate launch` with 2 CPU processes (gloo): GradCache under DDP gives the uncached weights.
 
-FSDP is not here: accelerate enables it only for GPU-like devices (AcceleratorState turns FSDP on for MULTI_GPU /
-NPU / XPU..., never MULTI_CPU), so `recipes/accelerate/fsdp.yaml` on a CPU silently runs plain data parallel.
-The FSDP save path (`_save` writing the state dict the Trainer gathered) is tested in tests/test_trainer.py.
+DeepSpeed ZeRO-1/2/3 (with and without GradCache) are in tests/test_deepspeed.py, FSDP in tests/test_fsdp.py.
 
 Every run trains the same tiny random BERT for 2 optimizer steps of gradient accumulation 2 with plain SGD (Adam
 would turn float round-off in near-zero gradients into full-size steps), then the saved model.safetensors are
@@ -15,7 +13,6 @@ by O(1). So "equal" below is a relative difference of the weight update under 1e
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -29,10 +26,8 @@ from tests.conftest import REPO_ROOT, make_tiny_encoder
 pytestmark = pytest.mark.slow
 
 INFONCE = str(REPO_ROOT / "recipes" / "paraphrase-infonce.yaml")
-ACCELERATE = REPO_ROOT / "recipes" / "accelerate"
 DDP = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
        "--dynamo_backend", "no"]
-HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
 def launch(launcher: list[str], model_dir, out, *extra: str) -> subprocess.CompletedProcess:
@@ -91,22 +86,3 @@ def test_gradcache_ddp_gradient_accumulation_equals_uncached(tiny_dir, tmp_path,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "terminate called" not in proc.stderr, "a rank aborted at exit: was the process group destroyed?"
     assert_same_update(tmp_path / "cached", ddp_reference, initial)
-
-
-needs_deepspeed = pytest.mark.skipif(not HAS_DEEPSPEED,
-                                     reason="deepspeed is not installed (pip install nlp-contrastive[deepspeed])")
-ZERO2 = ["--config_file", str(ACCELERATE / "deepspeed.yaml"), "--mixed_precision", "no"]
-
-
-@needs_deepspeed
-def test_deepspeed_zero2_equals_ddp(tiny_dir, tmp_path, initial, ddp_reference):
-    proc = launch(ZERO2, tiny_dir, tmp_path / "zero2", "--cached", "false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_update(tmp_path / "zero2", ddp_reference, initial)
-
-
-@needs_deepspeed
-def test_deepspeed_zero2_rejects_gradcache_with_one_line(tiny_dir, tmp_path, data_dir):
-    proc = launch(ZERO2, tiny_dir, tmp_path / "zero2-cached", "--cached", "true")
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode != 0 and errors and "DeepSpeed ZeRO stage 2" in errors[0], proc.stderr[-3000:]

@@ -184,7 +184,7 @@ def derived_numbers(recipe: Recipe, train_rows: int, batches_per_epoch: int, har
     train_data entry; the steps still come from the real count)."""
     args = recipe.training
     world = args.world_size
-    per_step = args.per_device_train_batch_size * world
+    per_step = args.train_batch_size * world  # train_batch_size: per device x GPUs of an nn.DataParallel process
     global_batch = per_step * args.gradient_accumulation_steps
     per_source = None
     if recipe.data.multi_dataset_sampling and source_rows:

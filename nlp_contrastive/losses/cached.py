@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nlp_contrastive import distributed
 from nlp_contrastive.data.batch import Batch, placeholder_forward
+from nlp_contrastive.engines import accumulate_locally
 
 Features = dict[str, torch.Tensor]
 
@@ -221,13 +222,13 @@ def wrapper_sync(encoder) -> SyncContext:
 
 def accelerator_sync(accelerator, model) -> SyncContext:
     """Under accelerate: the final re-run syncs only when accelerate will step the optimizer (`sync_gradients` is
-    False inside a gradient-accumulation window); every other pass runs in `accelerator.no_sync(model)`, which
-    is a no-op where the backend syncs by itself (DeepSpeed ZeRO >= 2, whose `engine.no_sync()` raises)."""
+    False inside a gradient-accumulation window); every other pass accumulates locally
+    (`nlp_contrastive.engines.accumulate_locally`: accelerate's `no_sync`, or DeepSpeed ZeRO >= 2's coalescing)."""
 
     def context(final_pass: bool) -> contextlib.AbstractContextManager:
         if final_pass and accelerator.sync_gradients:
             return contextlib.nullcontext()
-        return accelerator.no_sync(model)
+        return accumulate_locally(accelerator, model, final_pass=final_pass)
 
     return context
 
