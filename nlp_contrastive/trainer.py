@@ -218,6 +218,8 @@ class ContrastiveTrainer(Trainer):
         return dataset  # the collator reads role columns by name; nothing to strip
 
     def get_train_dataloader(self) -> DataLoader:
+        if getattr(self.train_dataset, "is_stream", False):  # rank-aware batches already (data.streaming)
+            return self.train_dataset.data_loader(self.data_collator)
         if self.batch_sampler_factory is None:
             return super().get_train_dataloader()
         sampler = self.batch_sampler_factory(self.train_dataset, self._train_batch_size, self.args)
@@ -299,6 +301,8 @@ class ContrastiveTrainer(Trainer):
                           if p.requires_grad}
             if loss_state:  # learnable loss parameters resume with the encoder (the optimizer state alone would not)
                 safetensors.torch.save_file(loss_state, os.path.join(output_dir, LOSS_PARAMETERS_NAME))
+            if getattr(self.train_dataset, "is_stream", False):  # the stream position, for an exact resume
+                self.train_dataset.save_state(output_dir)
 
     def _get_output_dir(self, trial) -> str:
         staging = getattr(self, "_checkpoint_staging_dir", None)

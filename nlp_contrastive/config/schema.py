@@ -73,6 +73,15 @@ class DataConfig:
     sampling_temperature: float = 1.0  # temperature: source s drawn with probability ∝ rows_s ** (1 / T)
     max_train_rows: int | None = None
     tokenize_num_proc: int | None = None
+    # Stream the sources (every one; `streaming: true` on one entry streams the run): shards read and tokenized
+    # on the fly, duplicate-free batches from a look-ahead buffer, exact resume (nlp_contrastive.data.streaming).
+    streaming: bool = False
+    stream_buffer_size: int = 10_000  # rows each streamed source holds ahead (>= the global batch)
+    stream_bad_rows: str = "stop"  # a malformed row / corrupt shard part: stop (error naming shard and line) | skip
+    stream_exhaustion: str = "stop"  # several streamed sources: stop (epoch ends at the first exhausted) | cycle
+
+    def streams(self) -> bool:
+        return self.streaming or any(isinstance(s, dict) and s.get("streaming") for s in self.train_data)
 
 
 SINGLE_FORWARD_CHOICES = ("auto", "true", "false")
