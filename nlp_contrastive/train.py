@@ -218,9 +218,8 @@ def _streamed_train_data(recipe: config.Recipe, encoder: Encoder):
         sources, tokenizer=encoder.tokenizer, max_length=encoder.max_seq_length,
         per_device_batch_size=args.per_device_train_batch_size, processes=args.world_size, rank=args.process_index,
         seed=args.data_seed if args.data_seed is not None else args.seed, batch_sampler=recipe.data.batch_sampler,
-        buffer_size=recipe.data.stream_buffer_size, bad_rows=recipe.data.stream_bad_rows,
-        exhaustion=recipe.data.stream_exhaustion, sampling=recipe.data.multi_dataset_sampling,
-        weights=recipe.data.source_weights)
+        sampling=recipe.data.multi_dataset_sampling, weights=recipe.data.source_weights,
+        **streaming.stream_options(recipe.data.stream))
     resume = _checkpoint_to_resume(args)
     if resume:
         stream.load_state(resume)

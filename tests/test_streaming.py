@@ -15,7 +15,8 @@ import pytest
 from safetensors.torch import load_file
 
 from nlp_contrastive.data.batch import ROW_ID
-from nlp_contrastive.data.streaming import SourceStream, StreamPlanner, row_texts
+from nlp_contrastive.data.shards import SourceStream
+from nlp_contrastive.data.streaming import StreamPlanner, row_texts
 from nlp_contrastive.data.train_data import train_source
 from nlp_contrastive.train import main
 from tests.conftest import REPO_ROOT
@@ -165,7 +166,7 @@ def run_cli(tmp_path, model_dir, data, *extra, expect=2, capsys=None):
 def stream_overrides(model_dir, out, data, *extra, per_device=4) -> list[str]:
     return ["--model_name_or_path", str(model_dir), "--output_dir", str(out), "--train_data",
             f"[{{dataset: '{data}', columns: {{anchor: q, positive: p}}, streaming: true}}]",
-            "--per_device_train_batch_size", str(per_device), "--max_steps", "4", "--stream_buffer_size", "16",
+            "--per_device_train_batch_size", str(per_device), "--max_steps", "4", "--stream", "{buffer_size: 16}",
             "--batch_sampler", "no_duplicates", "--eval_tasks", "[]", "--final_eval_tasks", "[]",
             "--logging_steps", "1", "--use_cpu", "true", "--bf16", "false", "--report_to", "none",
             "--save_strategy", "no", *extra]
@@ -180,7 +181,7 @@ def one_line_error(capsys) -> str:
 @pytest.mark.parametrize("case,extra,expected", [
     ("glob", (), "matches no shard"),
     ("schema", (), "has columns"),
-    ("buffer", ("--stream_buffer_size", "3"), "smaller than the global batch"),
+    ("buffer", ("--stream", "{buffer_size: 3}"), "smaller than the global batch"),
     ("max_steps", ("--max_steps", "-1"), "set max_steps"),
     ("sampler", ("--multi_dataset_sampling", "proportional"), "use round_robin or weighted"),
 ])
@@ -212,15 +213,16 @@ def test_bad_data_mid_stream_stops_naming_shard_and_line_or_is_skipped_and_count
         data[200:260] = b"\x00" * 60  # inside the first row group's pages
         path.write_bytes(bytes(data))
         where = "part-001.parquet"
-    fast = ("--max_steps", "3", "--stream_buffer_size", "40")  # the first fill reads every shard's first 7 rows
+    fast = ("--max_steps", "3", "--stream", "{buffer_size: 40}")  # the first fill reads every shard's first 7 rows
     out = run_cli(tmp_path, tiny_model_dir, str(folder), *fast)
     line = one_line_error(capsys)
-    assert where in line and "stream_bad_rows: skip" in line
+    assert where in line and "stream: {bad_rows: skip}" in line
     print(line)
     assert not out.exists()
     caplog.set_level("WARNING")
-    run_cli(tmp_path, tiny_model_dir, str(folder), *fast, "--stream_bad_rows", "skip", expect=0)
-    assert "skipped (stream_bad_rows: skip, 1 so far)" in caplog.text
+    run_cli(tmp_path, tiny_model_dir, str(folder), *fast[:2], "--stream", "{buffer_size: 40, bad_rows: skip}",
+            expect=0)
+    assert "skipped (stream bad_rows: skip, 1 so far)" in caplog.text
 
 
 def test_killed_streaming_run_resumes_to_the_same_weights(tmp_path, dropout_model_dir, capsys):

@@ -39,8 +39,7 @@ def check_recipe(recipe: Recipe) -> None:
 
         data = recipe.data
         check_streaming(batch_sampler=data.batch_sampler, multi_dataset_sampling=data.multi_dataset_sampling,
-                        buffer_size=data.stream_buffer_size, bad_rows=data.stream_bad_rows,
-                        exhaustion=data.stream_exhaustion, max_steps=args.max_steps,
+                        options=data.stream, max_steps=args.max_steps,
                         global_batch_size=args.per_device_train_batch_size * args.world_size,
                         dataloader_num_workers=args.dataloader_num_workers, specs=data.train_data,
                         max_train_rows=data.max_train_rows, teacher=recipe.loss.teacher)

@@ -76,9 +76,10 @@ class DataConfig:
     # Stream the sources (every one; `streaming: true` on one entry streams the run): shards read and tokenized
     # on the fly, duplicate-free batches from a look-ahead buffer, exact resume (nlp_contrastive.data.streaming).
     streaming: bool = False
-    stream_buffer_size: int = 10_000  # rows each streamed source holds ahead (>= the global batch)
-    stream_bad_rows: str = "stop"  # a malformed row / corrupt shard part: stop (error naming shard and line) | skip
-    stream_exhaustion: str = "stop"  # several streamed sources: stop (epoch ends at the first exhausted) | cycle
+    # Streaming options: buffer_size (rows each source holds ahead, >= the global batch; 10000), bad_rows (a malformed
+    # row or corrupt shard part: stop (default, error naming shard and line) | skip), exhaustion (several sources:
+    # stop (default, the epoch ends at the first exhausted source) | cycle).
+    stream: dict = field(default_factory=dict)
 
     def streams(self) -> bool:
         return self.streaming or any(isinstance(s, dict) and s.get("streaming") for s in self.train_data)

@@ -1,9 +1,10 @@
-"""Shard readers for streamed training data: local parquet / jsonl(.gz) / csv / tsv files (one file, a folder or a
-glob) and hub datasets through `datasets` streaming.
+"""One streamed `train_data` source: its shards (local parquet / jsonl(.gz) / csv / tsv files given as one file, a
+folder or a glob, or a hub dataset through `datasets` streaming), read into role-mapped rows (`SourceStream`).
 
-Each reader yields `(row_number, row)` from a given row on, so a stream resumes inside a shard without reading
+Each shard reader yields `(row_number, row)` from a given row on, so a stream resumes inside a shard without reading
 the shards before it (parquet skips whole row groups by their metadata; text formats skip lines of that one
-shard). Nothing is converted, tokenized or cached ahead: extra disk is O(1).
+shard). Nothing is converted, tokenized or cached ahead: extra disk is O(1). How rows become batches:
+`data.streaming`.
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ import gzip
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from nlp_contrastive.data.loading import data_dir
-from nlp_contrastive.data.sources import NAMED_SETS, is_local_path
+import numpy as np
+
+from nlp_contrastive.data.batch import LIST_ROLES, ROW_ID, TEXT_ROLES, VALUE_ROLES
+from nlp_contrastive.data.loading import data_dir, parse_condition
+from nlp_contrastive.data.sources import NAMED_SETS, Source, is_local_path
 
 logger = logging.getLogger(__name__)
 
 SHARD_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".tsv")
 HUB_PREFIX = "hub://"  # a shard that is a whole hub dataset split, read with datasets' streaming
 BAD_ROW_POLICIES = ("stop", "skip")
+ROW_ID_SHARD, ROW_ID_SOURCE = 10**9, 10**15  # row id = source * 1e15 + shard * 1e9 + row number in the shard
 
 
 class StreamDataError(ValueError):
@@ -196,3 +201,139 @@ def _read_hub(hub_id: str, split: str, config_name: str | None, start: int) -> I
 
     stream = datasets.load_dataset(hub_id, config_name, split=split, streaming=True)
     yield from enumerate(stream.skip(start) if start else stream, start)
+
+
+class SourceStream:
+    """One `train_data` source as a stream: its shards in a shuffled order per (epoch, pass), rows mapped onto
+    roles, a bounded buffer and the rows deferred by the last batch. Its position is plain data (state())."""
+
+    def __init__(self, index: int, source: Source, *, bad_rows: str, seed: int) -> None:
+        self.index, self.source, self.seed, self.bad_rows = index, source, seed, bad_rows
+        self.where = f"train_data[{index}]"
+        self.shards = find_shards(source.dataset, source.split, self.where)
+        self.columns = dict(source.columns)
+        self._check_schemas()
+        self.keep = parse_condition(source.filter) if source.filter else None
+        self.skipped, self.read_total = 0, 0  # over the run: bad rows skipped (stream: {bad_rows: skip}), rows read
+        self.reset(epoch=0, passes=0)
+
+    def _check_schemas(self) -> None:
+        local = [s for s in self.shards if not s.startswith("hub://")]
+        if not local:
+            return
+        first = shard_columns(local[0])
+        missing = sorted(set(self.columns.values()) - set(first))
+        if missing:
+            raise ValueError(f"{self.where}: column(s) {missing} not in shard {local[0]}: its columns are {first}")
+        for shard in local[1:]:
+            columns = shard_columns(shard)
+            if sorted(columns) != sorted(first):
+                raise ValueError(f"{self.where}: shard {shard} has columns {columns} but the first shard {local[0]} "
+                                 f"has {first}: write every shard with the same columns")
+
+    def reset(self, *, epoch: int, passes: int) -> None:
+        """Start a pass over the shards (a new epoch, or a cycled restart), in a new order."""
+        self.epoch, self.passes = epoch, passes
+        self.shard_pos, self.row_pos, self.done_reading, self.accepted = 0, 0, False, 0
+        self.buffer: list[dict] = []
+        self.deferred: list[dict] = []
+        self._rows: Iterator[dict] | None = None
+
+    def order(self) -> list[int]:
+        rng = np.random.default_rng([self.seed, self.epoch, self.index, self.passes])
+        return rng.permutation(len(self.shards)).tolist()
+
+    def fill(self, size: int) -> None:
+        """Read rows until buffer + deferred hold `size` rows or the shards are read to the end."""
+        while not self.done_reading and len(self.buffer) + len(self.deferred) < size:
+            row = next(self._stream(), None)
+            if row is None:
+                self.done_reading = True
+            else:
+                self.buffer.append(row)
+
+    def _stream(self) -> Iterator[dict]:
+        if self._rows is None:
+            self._rows = self._read()
+        return self._rows
+
+    def _read(self) -> Iterator[dict]:
+        order = self.order()
+        while self.shard_pos < len(order):
+            shard_number = order[self.shard_pos]
+            shard = self.shards[shard_number]
+            for number, raw in read_shard(shard, self.row_pos, self._bad, config_name=self.source.config_name,
+                                          split=self.source.split):
+                self.row_pos = number + 1
+                row = self._roles(raw, shard, number)
+                if row is None:
+                    continue
+                row[ROW_ID] = self.index * ROW_ID_SOURCE + shard_number * ROW_ID_SHARD + number
+                self.accepted += 1
+                self.read_total += 1
+                yield row
+                if self.source.max_rows is not None and self.accepted >= self.source.max_rows:
+                    self.shard_pos = len(order)
+                    return
+            self.shard_pos, self.row_pos = self.shard_pos + 1, 0
+
+    def _bad(self, message: str) -> None:
+        if self.bad_rows == "stop":
+            raise StreamDataError(f"{self.where}: {message}: fix it, or set stream: {{bad_rows: skip}} to skip and "
+                                  "count such rows")
+        self.skipped += 1
+        logger.warning("%s: skipped (stream bad_rows: skip, %d so far): %s", self.where, self.skipped, message)
+
+    def _roles(self, raw: Mapping, shard: str, number: int) -> dict | None:
+        """Role-mapped, filtered, checked row (None: filtered out or a skipped bad row)."""
+        where = f"shard {shard} row {number + 1}"
+        if self.keep is not None:
+            column, predicate = self.keep
+            try:
+                if not predicate(raw.get(column)):
+                    return None
+            except TypeError:
+                self._bad(f"{where}: filter '{self.source.filter}' cannot compare {raw.get(column)!r}")
+                return None
+        row = {}
+        for role, column in self.columns.items():
+            value = raw.get(column)
+            if role == "label" and self.source.label_map:
+                if value not in self.source.label_map:
+                    self._bad(f"{where}: label {value!r} has no entry in label_map")
+                    return None
+                value = self.source.label_map[value]
+            problem = _role_problem(role, value)
+            if problem:
+                self._bad(f"{where}: {role} (column '{column}') {problem}")
+                return None
+            row[role] = value
+        if "score" in row and self.source.score_range is not None:
+            low, high = self.source.score_range
+            row["score"] = (float(row["score"]) - low) / (high - low)
+        return row
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "passes": self.passes, "shard_pos": self.shard_pos, "row_pos": self.row_pos,
+                "done_reading": self.done_reading, "accepted": self.accepted, "skipped": self.skipped,
+                "read_total": self.read_total,
+                "buffer": self.buffer, "deferred": self.deferred}
+
+    def load(self, state: Mapping) -> None:
+        self.reset(epoch=state["epoch"], passes=state["passes"])
+        for key in ("shard_pos", "row_pos", "done_reading", "accepted", "skipped", "read_total"):
+            setattr(self, key, state[key])
+        self.buffer, self.deferred = list(state["buffer"]), list(state["deferred"])
+
+
+def _role_problem(role: str, value: Any) -> str | None:
+    if role in LIST_ROLES:
+        ok = isinstance(value, list) and all(isinstance(t, str) and t.strip() for t in value)
+        return None if ok and (value or role == "negatives") else "is not a list of non-empty texts"
+    if role in TEXT_ROLES:
+        return None if isinstance(value, str) and value.strip() else "is missing or empty"
+    if role in VALUE_ROLES:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+        return None if ok or (role == "label" and isinstance(value, bool)) else "is not a finite number (map text " \
+            "labels with label_map)"
+    return None

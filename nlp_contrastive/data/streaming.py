@@ -2,7 +2,7 @@
 duplicate-free global batches from a bounded look-ahead buffer, tokenized on the fly, resumable exactly.
 
 How a global batch (`per_device_train_batch_size x processes` rows) is drawn, identically on every rank:
-  - each source keeps a buffer of up to `stream_buffer_size` rows, refilled from its shards; the shards are read
+  - each source keeps a buffer of up to `stream: {buffer_size}` rows, refilled from its shards; the shards are read
     in an order shuffled per (seed, epoch, pass), rows of a shard in file order;
   - candidates are the rows deferred by earlier batches (oldest first), then the buffer in random order
     (`no_duplicates`, `random`) or by closeness of length to a random pivot row (`*_by_length`,
@@ -15,7 +15,7 @@ without communicating); only tokenization and the model work are split.
 
 Several sources (multi_dataset_sampling): every batch from one source, `round_robin` or `weighted`
 (proportional / temperature need every source's row count ahead, i.e. the whole dataset, and are refused).
-Exhaustion (`stream_exhaustion`): `stop` ends the epoch when the first source runs out; `cycle` restarts an
+Exhaustion (`stream: {exhaustion}`): `stop` ends the epoch when the first source runs out; `cycle` restarts an
 exhausted source (reshuffled) until every source has run out once. A source's last rows that cannot form a batch
 with two rows per rank are counted in the log as left at the end of its pass.
 
@@ -35,46 +35,55 @@ from typing import Any
 import numpy as np
 import torch
 
-from nlp_contrastive.data.batch import LIST_ROLES, ROW_ID, SOURCE_COLUMN, TEXT_ROLES, VALUE_ROLES
-from nlp_contrastive.data.loading import encode_texts, parse_condition
+from nlp_contrastive.data.batch import ROW_ID, SOURCE_COLUMN, TEXT_ROLES
+from nlp_contrastive.data.loading import encode_texts
 from nlp_contrastive.data.shards import (
     BAD_ROW_POLICIES,
+    ROW_ID_SOURCE,
+    SourceStream,
     StreamDataError,
     find_shards,
-    read_shard,
-    shard_columns,
 )
-from nlp_contrastive.data.sources import Source
+from nlp_contrastive.data.sources import Source, check_known_keys
 from nlp_contrastive.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "stream_state.json"
+STREAM_DEFAULTS = {"buffer_size": 10_000, "bad_rows": "stop", "exhaustion": "stop"}  # the recipe's `stream` keys
 EXHAUSTION = ("stop", "cycle")
 STREAM_SAMPLING = (None, "round_robin", "weighted")
 NO_DUPLICATES = ("no_duplicates", "no_duplicates_by_length")
 BY_LENGTH = ("group_by_length", "no_duplicates_by_length")
-_ROW_ID_SHARD, _ROW_ID_SOURCE = 10**9, 10**15  # row id = source * 1e15 + shard * 1e9 + row number in the shard
 
 
-def check_streaming(*, batch_sampler: str, multi_dataset_sampling: str | None, buffer_size: int, bad_rows: str,
-                    exhaustion: str, max_steps: int, global_batch_size: int, dataloader_num_workers: int,
+def stream_options(raw: Mapping | None) -> dict[str, Any]:
+    """The recipe's `stream` options with their defaults (unknown keys: the usual one-line error)."""
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ValueError(f"stream must be a mapping such as {{buffer_size: 10000}}, got {raw!r}")
+    check_known_keys(raw or {}, STREAM_DEFAULTS, "stream")
+    return {**STREAM_DEFAULTS, **(raw or {})}
+
+
+def check_streaming(*, batch_sampler: str, multi_dataset_sampling: str | None, options: Mapping | None,
+                    max_steps: int, global_batch_size: int, dataloader_num_workers: int,
                     specs: Sequence[Mapping], max_train_rows: int | None = None, teacher: Any = None) -> None:
     """Recipe checks for a streamed run (before any model loads); each failure is one line."""
+    buffer_size, bad_rows, exhaustion = stream_options(options).values()
     if max_steps <= 0:
         raise ValueError("streaming: the stream's length is unknown ahead, so set max_steps (optimizer steps; the "
                          "learning-rate schedule follows it)")
     if multi_dataset_sampling not in STREAM_SAMPLING:
         raise ValueError(f"streaming with multi_dataset_sampling: {multi_dataset_sampling} needs every source's "
                          "row count ahead (the whole dataset): use round_robin or weighted")
-    if not isinstance(buffer_size, int) or buffer_size < global_batch_size:
-        raise ValueError(f"stream_buffer_size {buffer_size} is smaller than the global batch ({global_batch_size} "
-                         "rows): a batch is drawn from the buffer, so set stream_buffer_size >= the global batch "
-                         "(e.g. 10000)")
+    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < global_batch_size:
+        raise ValueError(f"stream buffer_size {buffer_size!r} is smaller than the global batch ({global_batch_size} "
+                         "rows): a batch is drawn from the buffer, so set stream: {buffer_size: N} with N >= the "
+                         "global batch (default 10000)")
     if bad_rows not in BAD_ROW_POLICIES:
-        raise ValueError(f"stream_bad_rows must be one of {', '.join(BAD_ROW_POLICIES)}, got {bad_rows!r}")
+        raise ValueError(f"stream bad_rows must be one of {', '.join(BAD_ROW_POLICIES)}, got {bad_rows!r}")
     if exhaustion not in EXHAUSTION:
-        raise ValueError(f"stream_exhaustion must be one of {', '.join(EXHAUSTION)}, got {exhaustion!r}")
+        raise ValueError(f"stream exhaustion must be one of {', '.join(EXHAUSTION)}, got {exhaustion!r}")
     if len(specs) > 1 and multi_dataset_sampling is None:
         raise ValueError("several streamed train_data sources: set multi_dataset_sampling: round_robin or weighted "
                          "(every batch from one source)")
@@ -92,142 +101,6 @@ def check_streaming(*, batch_sampler: str, multi_dataset_sampling: str | None, b
             raise ValueError(f"train_data[{i}]: {needs_all[0]} is not available with streaming (it needs the "
                              "whole dataset): drop it or set streaming: false")
         find_shards(str(spec.get("dataset")), str(spec.get("split", "train")), f"train_data[{i}]")
-
-
-class SourceStream:
-    """One `train_data` source as a stream: its shards in a shuffled order per (epoch, pass), rows mapped onto
-    roles, a bounded buffer and the rows deferred by the last batch. Its position is plain data (state())."""
-
-    def __init__(self, index: int, source: Source, *, bad_rows: str, seed: int) -> None:
-        self.index, self.source, self.seed, self.bad_rows = index, source, seed, bad_rows
-        self.where = f"train_data[{index}]"
-        self.shards = find_shards(source.dataset, source.split, self.where)
-        self.columns = dict(source.columns)
-        self._check_schemas()
-        self.keep = parse_condition(source.filter) if source.filter else None
-        self.skipped, self.read_total = 0, 0  # over the run: bad rows skipped (stream_bad_rows: skip), rows read
-        self.reset(epoch=0, passes=0)
-
-    def _check_schemas(self) -> None:
-        local = [s for s in self.shards if not s.startswith("hub://")]
-        if not local:
-            return
-        first = shard_columns(local[0])
-        missing = sorted(set(self.columns.values()) - set(first))
-        if missing:
-            raise ValueError(f"{self.where}: column(s) {missing} not in shard {local[0]}: its columns are {first}")
-        for shard in local[1:]:
-            columns = shard_columns(shard)
-            if sorted(columns) != sorted(first):
-                raise ValueError(f"{self.where}: shard {shard} has columns {columns} but the first shard {local[0]} "
-                                 f"has {first}: write every shard with the same columns")
-
-    def reset(self, *, epoch: int, passes: int) -> None:
-        """Start a pass over the shards (a new epoch, or a cycled restart), in a new order."""
-        self.epoch, self.passes = epoch, passes
-        self.shard_pos, self.row_pos, self.done_reading, self.accepted = 0, 0, False, 0
-        self.buffer: list[dict] = []
-        self.deferred: list[dict] = []
-        self._rows: Iterator[dict] | None = None
-
-    def order(self) -> list[int]:
-        rng = np.random.default_rng([self.seed, self.epoch, self.index, self.passes])
-        return rng.permutation(len(self.shards)).tolist()
-
-    def fill(self, size: int) -> None:
-        """Read rows until buffer + deferred hold `size` rows or the shards are read to the end."""
-        while not self.done_reading and len(self.buffer) + len(self.deferred) < size:
-            row = next(self._stream(), None)
-            if row is None:
-                self.done_reading = True
-            else:
-                self.buffer.append(row)
-
-    def _stream(self) -> Iterator[dict]:
-        if self._rows is None:
-            self._rows = self._read()
-        return self._rows
-
-    def _read(self) -> Iterator[dict]:
-        order = self.order()
-        while self.shard_pos < len(order):
-            shard_number = order[self.shard_pos]
-            shard = self.shards[shard_number]
-            for number, raw in read_shard(shard, self.row_pos, self._bad, config_name=self.source.config_name,
-                                          split=self.source.split):
-                self.row_pos = number + 1
-                row = self._roles(raw, shard, number)
-                if row is None:
-                    continue
-                row[ROW_ID] = self.index * _ROW_ID_SOURCE + shard_number * _ROW_ID_SHARD + number
-                self.accepted += 1
-                self.read_total += 1
-                yield row
-                if self.source.max_rows is not None and self.accepted >= self.source.max_rows:
-                    self.shard_pos = len(order)
-                    return
-            self.shard_pos, self.row_pos = self.shard_pos + 1, 0
-
-    def _bad(self, message: str) -> None:
-        if self.bad_rows == "stop":
-            raise StreamDataError(f"{self.where}: {message}: fix it, or set stream_bad_rows: skip to skip and count "
-                                  "such rows")
-        self.skipped += 1
-        logger.warning("%s: skipped (stream_bad_rows: skip, %d so far): %s", self.where, self.skipped, message)
-
-    def _roles(self, raw: Mapping, shard: str, number: int) -> dict | None:
-        """Role-mapped, filtered, checked row (None: filtered out or a skipped bad row)."""
-        where = f"shard {shard} row {number + 1}"
-        if self.keep is not None:
-            column, predicate = self.keep
-            try:
-                if not predicate(raw.get(column)):
-                    return None
-            except TypeError:
-                self._bad(f"{where}: filter '{self.source.filter}' cannot compare {raw.get(column)!r}")
-                return None
-        row = {}
-        for role, column in self.columns.items():
-            value = raw.get(column)
-            if role == "label" and self.source.label_map:
-                if value not in self.source.label_map:
-                    self._bad(f"{where}: label {value!r} has no entry in label_map")
-                    return None
-                value = self.source.label_map[value]
-            problem = _role_problem(role, value)
-            if problem:
-                self._bad(f"{where}: {role} (column '{column}') {problem}")
-                return None
-            row[role] = value
-        if "score" in row and self.source.score_range is not None:
-            low, high = self.source.score_range
-            row["score"] = (float(row["score"]) - low) / (high - low)
-        return row
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "passes": self.passes, "shard_pos": self.shard_pos, "row_pos": self.row_pos,
-                "done_reading": self.done_reading, "accepted": self.accepted, "skipped": self.skipped,
-                "read_total": self.read_total,
-                "buffer": self.buffer, "deferred": self.deferred}
-
-    def load(self, state: Mapping) -> None:
-        self.reset(epoch=state["epoch"], passes=state["passes"])
-        for key in ("shard_pos", "row_pos", "done_reading", "accepted", "skipped", "read_total"):
-            setattr(self, key, state[key])
-        self.buffer, self.deferred = list(state["buffer"]), list(state["deferred"])
-
-
-def _role_problem(role: str, value: Any) -> str | None:
-    if role in LIST_ROLES:
-        ok = isinstance(value, list) and all(isinstance(t, str) and t.strip() for t in value)
-        return None if ok and (value or role == "negatives") else "is not a list of non-empty texts"
-    if role in TEXT_ROLES:
-        return None if isinstance(value, str) and value.strip() else "is missing or empty"
-    if role in VALUE_ROLES:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-        return None if ok or (role == "label" and isinstance(value, bool)) else "is not a finite number (map text " \
-            "labels with label_map)"
-    return None
 
 
 def row_texts(row: Mapping) -> set[str]:
@@ -420,7 +293,7 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
             item = {k: v for k, v in row.items() if k not in roles}
             item.update({name: values[i] for name, values in columns.items()})
             if self.with_source:
-                item[SOURCE_COLUMN] = row[ROW_ID] // _ROW_ID_SOURCE
+                item[SOURCE_COLUMN] = row[ROW_ID] // ROW_ID_SOURCE
             out.append(item)
         return out
 
