@@ -184,6 +184,7 @@ def one_line_error(capsys) -> str:
     ("buffer", ("--stream", "{buffer_size: 3}"), "smaller than the global batch"),
     ("max_steps", ("--max_steps", "-1"), "set max_steps"),
     ("sampler", ("--multi_dataset_sampling", "proportional"), "use round_robin or weighted"),
+    ("hub", (), "hub dataset 'someone/not-here' (split train) cannot be streamed"),  # offline in the tests
 ])
 def test_bad_input_before_training_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_model_dir, capsys, case,
                                                                          extra, expected):
@@ -191,6 +192,8 @@ def test_bad_input_before_training_is_one_line_exit_2_and_writes_nothing(tmp_pat
     data = str(folder)
     if case == "glob":
         data = str(folder / "*.csv")
+    elif case == "hub":
+        data = "someone/not-here"
     elif case == "schema":
         (folder / "part-009.jsonl").write_text(json.dumps({"id": 1, "q": "x", "answer": "y"}) + "\n")
     out = run_cli(tmp_path, tiny_model_dir, data, *extra)

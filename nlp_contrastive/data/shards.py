@@ -199,8 +199,12 @@ def _read_hub(hub_id: str, split: str, config_name: str | None, start: int) -> I
     (the hub gives no random access, so the rows before the position are streamed past, not trained on)."""
     import datasets
 
-    stream = datasets.load_dataset(hub_id, config_name, split=split, streaming=True)
-    yield from enumerate(stream.skip(start) if start else stream, start)
+    try:
+        stream = datasets.load_dataset(hub_id, config_name, split=split, streaming=True)
+        yield from enumerate(stream.skip(start) if start else stream, start)
+    except (OSError, ValueError) as exc:  # not found, offline, no such split
+        raise StreamDataError(f"hub dataset '{hub_id}' (split {split}) cannot be streamed: "
+                              f"{str(exc).splitlines()[0]}") from None
 
 
 class SourceStream:
