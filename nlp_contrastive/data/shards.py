@@ -321,7 +321,7 @@ class SourceStream:
         return {"epoch": self.epoch, "passes": self.passes, "shard_pos": self.shard_pos, "row_pos": self.row_pos,
                 "done_reading": self.done_reading, "accepted": self.accepted, "skipped": self.skipped,
                 "read_total": self.read_total,
-                "buffer": self.buffer, "deferred": self.deferred}
+                "buffer": list(self.buffer), "deferred": list(self.deferred)}
 
     def load(self, state: Mapping) -> None:
         self.reset(epoch=state["epoch"], passes=state["passes"])

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -236,8 +238,9 @@ class StreamPlanner:
                     skipped)
 
     def state(self) -> dict:
+        """A snapshot (copies: the planner goes on drawing while a prefetched batch waits)."""
         return {"version": 1, "epoch": self.epoch, "batches": self.batches, "turn": self.turn,
-                "ran_out": self.ran_out, "counts": self.counts, "rng": self.rng.bit_generator.state,
+                "ran_out": list(self.ran_out), "counts": dict(self.counts), "rng": self.rng.bit_generator.state,
                 "sources": [s.state() for s in self.sources]}
 
     def load(self, state: Mapping) -> None:
@@ -265,25 +268,69 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
         self.with_source = len(planner.sources) > 1
 
     def __iter__(self) -> Iterator[list[dict]]:
-        first, retried = True, False
-        while True:
-            batch = self.planner.next_batch()
-            if batch is None:
-                self.planner.start_epoch(self.planner.epoch + 1)
-                if not first:
+        """One epoch. A background thread draws and tokenizes up to PREFETCH batches ahead (the tokenizer and torch
+        release the GIL, so this overlaps the training step); each batch carries the stream state after it, and
+        the state of the last batch handed out is what a checkpoint saves."""
+        produced: queue.Queue = queue.Queue(maxsize=self.PREFETCH)
+        stop = threading.Event()
+        producer = threading.Thread(target=self._produce, args=(produced, stop), daemon=True)
+        producer.start()
+        ended = False
+        try:
+            while True:
+                kind, item, state = produced.get()
+                if kind == "error":
+                    raise item
+                self._consumed = state
+                if kind == "end":
+                    ended = True
                     return
-                if retried:
-                    raise StreamDataError("the streamed train_data gives no batch (no rows, or every row filtered "
-                                          "out): check the shards and the filter")
-                retried = True  # a resumed state may sit exactly at an epoch's end: go on with the next epoch
-                continue
-            first = False
-            part = len(batch) // self.processes
-            yield self.encode(batch[self.rank * part:(self.rank + 1) * part])
+                yield item
+        finally:
+            stop.set()
+            producer.join()
+            if not ended and self._consumed is not None:  # left early: forget the batches drawn ahead
+                self.planner.load(self._consumed)
+
+    PREFETCH = 2
+    _consumed: dict | None = None
+
+    def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
+        def put(entry) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(entry, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            first, retried = True, False
+            while not stop.is_set():
+                batch = self.planner.next_batch()
+                if batch is None:
+                    self.planner.start_epoch(self.planner.epoch + 1)
+                    if not first:
+                        put(("end", None, self.planner.state()))
+                        return
+                    if retried:
+                        raise StreamDataError("the streamed train_data gives no batch (no rows, or every row "
+                                              "filtered out): check the shards and the filter")
+                    retried = True  # a resumed state may sit exactly at an epoch's end: go on with the next epoch
+                    continue
+                first = False
+                part = len(batch) // self.processes
+                if not put(("batch", self.encode(batch[self.rank * part:(self.rank + 1) * part]),
+                            self.planner.state())):
+                    return
+        except BaseException as exc:  # handed to the training loop, which raises it (bad data: exit 2)
+            put(("error", exc, None))
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch `epoch` from its beginning (each epoch reads the shards in a new order)."""
         self.planner.start_epoch(epoch)
+        self._consumed = None
 
     def encode(self, rows: list[dict]) -> list[dict]:
         roles = [r for r in TEXT_ROLES if r in rows[0]]
@@ -310,7 +357,8 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
         return [s.read_total for s in self.planner.sources]
 
     def save_state(self, checkpoint_dir: str | Path) -> None:
-        write_json_atomic(Path(checkpoint_dir) / STATE_FILE, self.planner.state())
+        state = self._consumed if self._consumed is not None else self.planner.state()
+        write_json_atomic(Path(checkpoint_dir) / STATE_FILE, state)
 
     def load_state(self, checkpoint_dir: str | Path) -> None:
         path = Path(checkpoint_dir) / STATE_FILE
@@ -318,6 +366,7 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
             raise ValueError(f"checkpoint {checkpoint_dir} has no {STATE_FILE} (not written by a streaming run): "
                              "resume it without streaming, or start a new run")
         self.planner.load(json.loads(path.read_text(encoding="utf-8")))
+        self._consumed = None
 
 
 def build_stream(sources: Sequence[Source], *, tokenizer, max_length: int,
