@@ -57,6 +57,8 @@ class CheckpointHooks:
                 safetensors.torch.save_file(loss_state, os.path.join(output_dir, LOSS_PARAMETERS_NAME))
             if self.loss_optimizer is not None:
                 torch.save(self.loss_optimizer.state_dict(), os.path.join(output_dir, LOSS_OPTIMIZER_NAME))
+            if getattr(self.train_dataset, "is_stream", False):  # the stream position, for an exact resume
+                self.train_dataset.save_state(output_dir)
 
     def _get_output_dir(self, trial) -> str:
         staging = getattr(self, "_checkpoint_staging_dir", None)

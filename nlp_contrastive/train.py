@@ -17,7 +17,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from nlp_contrastive import config, engines, student, teacher
-from nlp_contrastive.data import loading, multi_dataset, sampling, train_data
+from nlp_contrastive.data import loading, multi_dataset, sampling, streaming, train_data
 from nlp_contrastive.data.batch import SOURCE_COLUMN
 from nlp_contrastive.losses.build import build_recipe_loss
 from nlp_contrastive.modeling import Encoder
@@ -57,28 +57,31 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     loss = build_recipe_loss(recipe)  # one loss, or one per train_data source (losses.build.SourceLosses)
     encoder.matryoshka_dims = check_matryoshka_dims(loss, encoder.dimension)
     encoder.prompts.update(saved_prompts(recipe.data.prompts))
-    sources = train_data.build_train_sources(  # prompt token counts go with the texts if pooling leaves them out
-        recipe.data.train_data, prompts=recipe.data.prompts,
-        prompt_length=None if encoder.include_prompt else encoder.prompt_length)
-    multi = recipe.data.multi_dataset_sampling
-    train_ds = train_data.concatenate(sources, max_rows=recipe.data.max_train_rows, keep_sources=multi is not None)
-    train_ds = teacher.prepare_teacher_embeddings(train_ds, recipe.loss.teacher, student_dim=encoder.dimension,
-                                                  student=recipe.model.model_name_or_path,
-                                                  max_seq_length=encoder.max_seq_length,
-                                                  main_process_first=args.main_process_first)
-    train_ds = loading.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
-                                      num_proc=recipe.data.tokenize_num_proc)
-    batch_sampler_factory = multi_dataset.batch_sampler_factory(recipe.data.batch_sampler, multi,
-                                                                source_weights=recipe.data.source_weights,
-                                                                sampling_temperature=recipe.data.sampling_temperature)
-    if args.should_log:  # the sampler built here is the one the trainer gets from the factory
-        # train_batch_size: per device x GPUs of this process (nn.DataParallel, several GPUs without a launcher),
-        # the batch the Trainer's own loader and its sampler are built with.
-        batches = sampling.batches_per_epoch(batch_sampler_factory, train_ds, args.train_batch_size, args)
-        source_rows = list(np.bincount(train_ds[SOURCE_COLUMN][:], minlength=len(sources))) if multi else None
-        config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
-                                                             train_data.hard_negatives_per_row(train_ds),
-                                                             source_rows=source_rows))
+    if recipe.data.streams():  # read, batched and tokenized on the fly (nlp_contrastive.data.streaming)
+        train_ds, sources, batch_sampler_factory = _streamed_train_data(recipe, encoder), [], None
+    else:
+        sources = train_data.build_train_sources(  # prompt token counts go with the texts if pooling leaves them out
+            recipe.data.train_data, prompts=recipe.data.prompts,
+            prompt_length=None if encoder.include_prompt else encoder.prompt_length)
+        multi = recipe.data.multi_dataset_sampling
+        train_ds = train_data.concatenate(sources, max_rows=recipe.data.max_train_rows, keep_sources=multi is not None)
+        train_ds = teacher.prepare_teacher_embeddings(train_ds, recipe.loss.teacher, student_dim=encoder.dimension,
+                                                      student=recipe.model.model_name_or_path,
+                                                      max_seq_length=encoder.max_seq_length,
+                                                      main_process_first=args.main_process_first)
+        train_ds = loading.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
+                                          num_proc=recipe.data.tokenize_num_proc)
+        batch_sampler_factory = multi_dataset.batch_sampler_factory(recipe.data.batch_sampler, multi,
+                                                                    source_weights=recipe.data.source_weights,
+                                                                    sampling_temperature=recipe.data.sampling_temperature)
+        if args.should_log:  # the sampler built here is the one the trainer gets from the factory
+            # train_batch_size: per device x GPUs of this process (nn.DataParallel, several GPUs without a launcher),
+            # the batch the Trainer's own loader and its sampler are built with.
+            batches = sampling.batches_per_epoch(batch_sampler_factory, train_ds, args.train_batch_size, args)
+            source_rows = list(np.bincount(train_ds[SOURCE_COLUMN][:], minlength=len(sources))) if multi else None
+            config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
+                                                                 train_data.hard_negatives_per_row(train_ds),
+                                                                 source_rows=source_rows))
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
     trainer = ContrastiveTrainer(
         encoder, args, loss, train_dataset=train_ds,
@@ -105,7 +108,8 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     if sharded:  # FSDP / ZeRO-3: the live model is sharded, evaluate the saved full one
         encoder = Encoder.from_pretrained(output_dir)
     final_evaluation(recipe, encoder, output_dir)
-    record = build_run_record(recipe, loss, [len(s) for s in sources], len(train_ds), train_output,
+    rows = train_ds.rows_read() if sources == [] else [len(s) for s in sources]
+    record = build_run_record(recipe, loss, rows, sum(rows) if sources == [] else len(train_ds), train_output,
                               trainer.state.log_history, started)
     record.write(output_dir)
     plot_training_curves(record.log_history, output_dir / CURVES_FILE)
@@ -215,6 +219,26 @@ def check_matryoshka_dims(loss, dimension: int) -> list[int] | None:
     for wrapper in wrappers:
         wrapper.check_embedding_dim(dimension)
     return sorted({d for wrapper in wrappers for d in wrapper.dims}, reverse=True)
+
+
+def _streamed_train_data(recipe: config.Recipe, encoder: Encoder):
+    """The streamed training set, at the checkpoint's stream position when resuming (the Trainer's own batch
+    skipping is turned off: it would read the stream from the start again)."""
+    args = recipe.training
+    sources = [train_data.train_source(spec, i) for i, spec in enumerate(recipe.data.train_data)]
+    stream = streaming.build_stream(
+        sources, tokenizer=encoder.tokenizer, max_length=encoder.max_seq_length,
+        per_device_batch_size=args.per_device_train_batch_size, processes=args.world_size, rank=args.process_index,
+        seed=args.data_seed if args.data_seed is not None else args.seed, batch_sampler=recipe.data.batch_sampler,
+        sampling=recipe.data.multi_dataset_sampling, weights=recipe.data.source_weights,
+        **streaming.stream_options(recipe.data.stream))
+    resume = _checkpoint_to_resume(args)
+    if resume:
+        stream.load_state(resume)
+    args.ignore_data_skip = True
+    if args.should_log:
+        config.print_resolved(recipe, config.derived_numbers(recipe, 0, 0, 0))
+    return stream
 
 
 def _checkpoint_to_resume(args) -> str | bool | None:

@@ -218,6 +218,8 @@ class ContrastiveTrainer(CheckpointHooks, Trainer):
         return dataset  # the collator reads role columns by name; nothing to strip
 
     def get_train_dataloader(self) -> DataLoader:
+        if getattr(self.train_dataset, "is_stream", False):  # rank-aware batches already (data.streaming)
+            return self.train_dataset.data_loader(self.data_collator)
         if self.batch_sampler_factory is None:
             return super().get_train_dataloader()
         sampler = self.batch_sampler_factory(self.train_dataset, self._train_batch_size, self.args)

@@ -34,6 +34,15 @@ def check_recipe(recipe: Recipe) -> None:
     check_batch_sampler(recipe.data.batch_sampler)
     check_multi_dataset_sampling(recipe.data.multi_dataset_sampling, recipe.data.source_weights,
                                  recipe.data.sampling_temperature, len(sources))
+    if recipe.data.streams():
+        from nlp_contrastive.data.streaming import check_streaming
+
+        data = recipe.data
+        check_streaming(batch_sampler=data.batch_sampler, multi_dataset_sampling=data.multi_dataset_sampling,
+                        options=data.stream, max_steps=args.max_steps,
+                        global_batch_size=args.per_device_train_batch_size * args.world_size,
+                        dataloader_num_workers=args.dataloader_num_workers, specs=data.train_data,
+                        max_train_rows=data.max_train_rows, teacher=recipe.loss.teacher)
     check_loss_kwargs(recipe.loss.loss, recipe.loss.loss_kwargs)
     loss = build_loss(recipe.loss.loss, recipe.loss.loss_kwargs)
     check_distillation(recipe, loss)

@@ -26,6 +26,7 @@ from nlp_contrastive.config.schema import (
 )
 from nlp_contrastive.config.value_types import coerce_number, describe, field_type, matches
 from nlp_contrastive.data.sources import check_known_keys, yaml_problem
+from nlp_contrastive.data.streaming import stream_options
 from nlp_contrastive.precision import AUTO, PrecisionChoice, resolve_bf16, warn_if_emulated
 
 
@@ -198,6 +199,10 @@ def derived_numbers(recipe: Recipe, train_rows: int, batches_per_epoch: int, har
     steps = args.max_steps if args.max_steps > 0 else math.ceil(updates_per_epoch * args.num_train_epochs)
     numbers = {"processes": world, "train_rows": train_rows, "global_batch_size": global_batch,
                "optimizer_steps": steps}
+    if recipe.data.streams():
+        numbers.update(train_rows="unknown (streamed)", optimizer_steps=f"{steps} (max_steps: a stream's length "
+                       "is unknown; the learning-rate schedule follows max_steps)",
+                       stream=stream_options(recipe.data.stream))
     if per_source is not None:
         numbers["batches_per_epoch_per_source"] = {f"train_data[{i}]": n for i, n in enumerate(per_source)}
     gathers = recipe.loss_gathers() if recipe.loss.loss == "info_nce" else None  # None: no info_nce loss

@@ -73,6 +73,16 @@ class DataConfig:
     sampling_temperature: float = 1.0  # temperature: source s drawn with probability ∝ rows_s ** (1 / T)
     max_train_rows: int | None = None
     tokenize_num_proc: int | None = None
+    # Stream the sources (every one; `streaming: true` on one entry streams the run): shards read and tokenized
+    # on the fly, duplicate-free batches from a look-ahead buffer, exact resume (nlp_contrastive.data.streaming).
+    streaming: bool = False
+    # Streaming options: buffer_size (rows each source holds ahead, >= the global batch; 10000), bad_rows (a malformed
+    # row or corrupt shard part: stop (default, error naming shard and line) | skip), exhaustion (several sources:
+    # stop (default, the epoch ends at the first exhausted source) | cycle).
+    stream: dict = field(default_factory=dict)
+
+    def streams(self) -> bool:
+        return self.streaming or any(isinstance(s, dict) and s.get("streaming") for s in self.train_data)
 
 
 SINGLE_FORWARD_CHOICES = ("auto", "true", "false")

@@ -327,15 +327,20 @@ def tokenize_roles(ds: datasets.Dataset, tokenizer, max_length: int, *, num_proc
     text_roles = [r for r in TEXT_ROLES if r in ds.column_names]
 
     def encode(batch):
-        out = {}
-        for role in text_roles:
-            if role in LIST_ROLES:
-                flat = [t for texts in batch[role] for t in texts]
-                ids = tokenizer(flat, truncation=True, max_length=max_length)["input_ids"]
-                it = iter(ids)
-                out[token_column(role)] = [[next(it) for _ in texts] for texts in batch[role]]
-            else:
-                out[token_column(role)] = tokenizer(batch[role], truncation=True, max_length=max_length)["input_ids"]
-        return out
+        return encode_texts({role: batch[role] for role in text_roles}, tokenizer, max_length)
 
     return ds.map(encode, batched=True, batch_size=1000, num_proc=num_proc, desc="Tokenizing")
+
+
+def encode_texts(texts: Mapping[str, list], tokenizer, max_length: int) -> dict[str, list]:
+    """{role: texts of each row} -> {token column: token ids of each row} (a list role: a list per row). The
+    one tokenization of training texts, ahead (`tokenize_roles`) or on the fly (`data.streaming`)."""
+    out = {}
+    for role, values in texts.items():
+        if role in LIST_ROLES:
+            flat = [t for row in values for t in row]
+            ids = iter(tokenizer(flat, truncation=True, max_length=max_length)["input_ids"]) if flat else iter(())
+            out[token_column(role)] = [[next(ids) for _ in row] for row in values]
+        else:
+            out[token_column(role)] = tokenizer(values, truncation=True, max_length=max_length)["input_ids"]
+    return out

@@ -15,8 +15,9 @@ from nlp_contrastive.teacher import check_scores_key, check_teacher_scores, join
 # Besides the common source keys (nlp_contrastive.data.sources): `group_pairs`, `prompts`, and `layout: beir` for a
 # BEIR dataset (corpus, queries, qrels) given as a hub id; a local BEIR folder is recognised by itself;
 # `teacher_scores: [positive_score, negative_scores]` joins score columns into each row's teacher scores [1 + K];
-# with multi_dataset_sampling, `loss` / `loss_kwargs` train that source's batches with its own loss.
-TRAIN_KEYS = ("group_pairs", "layout", "prompts", "teacher_scores", "loss", "loss_kwargs")
+# with multi_dataset_sampling, `loss` / `loss_kwargs` train that source's batches with its own loss; `streaming: true`
+# streams the run (nlp_contrastive.data.streaming).
+TRAIN_KEYS = ("group_pairs", "layout", "prompts", "teacher_scores", "loss", "loss_kwargs", "streaming")
 # Roles a source may lack next to sources that map them (with multi_dataset_sampling): its rows get None ([] for a
 # list) and its batches leave the role out. A single text role cannot be left empty (every text is tokenized).
 FILLABLE_ROLES = tuple(r for r in ROLES if r not in EMBEDDED_ROLES or r in LIST_ROLES)
@@ -37,6 +38,8 @@ def train_source(spec: Mapping, position: int) -> Source:
     if not source.columns:
         raise ValueError(f"{where} needs 'columns' ({{role: column}}), e.g. {{anchor: sentence1, positive: sentence2}}")
     check_prompts(spec.get("prompts"), f"{where} prompts")
+    if not isinstance(spec.get("streaming", False), bool):
+        raise ValueError(f"{where}: streaming must be true or false, got {spec['streaming']!r}")
     if "loss" in spec and not (isinstance(spec["loss"], str) and spec["loss"]):
         raise ValueError(f"{where}: loss must be a loss name such as info_nce, got {spec['loss']!r}")
     if not isinstance(spec.get("loss_kwargs", {}), Mapping):
