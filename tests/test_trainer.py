@@ -5,6 +5,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -157,6 +158,12 @@ def test_every_recipe_runs_on_a_tiny_model(recipe, tiny_model_dir, tmp_path, dat
         extra += ["--loss_kwargs", "{loss: cosine_similarity, dims: [32, 16], weights: [1, 2], self_distill: 1.0}"]
     if "distill" in recipe:  # the recipe's teacher is MiniLM (384 dims) and keeps layers 0, 2, 4 of 6; tiny: 2
         extra += ["--teacher", str(tiny_model_dir), "--keep_layers", "[0]"]
+    if "streaming" in recipe:  # its shards come from the command in its header, written here into tmp_path
+        shards = tmp_path / "shards"
+        subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_streaming.py"), "--paraphrase-shards",
+                        str(shards)], check=True, capture_output=True)
+        extra += ["--max_train_rows", "null", "--train_data", f"[{{dataset: '{shards}/*.parquet', "
+                  "columns: {anchor: anchor, positive: positive}, streaming: true}]"]
     assert main([str(REPO_ROOT / "recipes" / recipe), *tiny_overrides(str(tiny_model_dir), tmp_path / "o", *extra)]) == 0
     run = json.loads((tmp_path / "o" / "training_run.json").read_text())
     step_losses = [e["loss"] for e in run["log_history"] if "loss" in e]
