@@ -10,13 +10,14 @@ torch.distributed every process encodes its share of the chunks. Search is the e
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
 from nlp_contrastive.evaluation.inputs import check_texts
 from nlp_contrastive.evaluation.ranking_metrics import DEFAULT_CUTOFFS, check_qrels, ranking_metrics
 from nlp_contrastive.retrieval.corpus import MemoryCorpus
-from nlp_contrastive.retrieval.embeddings import distributed_rank, encode_corpus
+from nlp_contrastive.retrieval.embeddings import encode_corpus, temporary_folder
 from nlp_contrastive.retrieval.search import (  # noqa: F401  (exact_top_k, RunningTopK: public here before)
     SEARCH_SIMILARITIES,
     IndexOptions,
@@ -91,12 +92,14 @@ class RetrievalEvaluator(Evaluator):
         """The run: {query id: {doc id: score}} with the top k documents of each query."""
         (query_embeddings,) = self.encode_roles(encoder, [("query", [self.queries[q] for q in self.query_ids])])
         k = self.k + 1 if self.ignore_identical_ids else self.k
-        shards = self.encode_corpus(encoder)
-        if self.index.index == "exact":
-            scores, indices = exact_top_k(query_embeddings, shards.blocks(self.truncate_dim), k,
-                                          similarity=self.similarity, use_faiss=self.use_faiss)
-        else:
-            scores, indices, _ = search_shards(query_embeddings, shards, k, self.index, truncate_dim=self.truncate_dim)
+        with ExitStack() as scratch:
+            shards = self.encode_corpus(encoder, None if self.cache_dir else scratch.enter_context(temporary_folder()))
+            if self.index.index == "exact":
+                scores, indices = exact_top_k(query_embeddings, shards.blocks(self.truncate_dim), k,
+                                              similarity=self.similarity, use_faiss=self.use_faiss)
+            else:
+                scores, indices, _ = search_shards(query_embeddings, shards, k, self.index,
+                                                   truncate_dim=self.truncate_dim)
         run = {}
         for query, row_scores, row_indices in zip(self.query_ids, scores, indices, strict=True):
             ranked = [(self.doc_ids[j], float(s)) for s, j in zip(row_scores, row_indices, strict=True) if j >= 0]
@@ -105,18 +108,11 @@ class RetrievalEvaluator(Evaluator):
             run[query] = dict(ranked)
         return run
 
-    def encode_corpus(self, encoder):
-        """The corpus's embedding shards: in memory, or under cache_dir (reused, resumed, split over processes)."""
-        folder = self.cache_dir
-        if folder is None and distributed_rank()[1] > 1:
-            folder = _shared_temp_folder()
-        if folder is not None:
-            from nlp_contrastive.retrieval.embeddings import cache_key
-
-            key = cache_key(encoder, self._corpus, prompt=self.prompts.get("document") or "",
-                            chunk_size=self.corpus_chunk_size)
-            folder = Path(folder) / key.digest()[:24]
-        return encode_corpus(encoder, self._corpus, folder=folder, chunk_size=self.corpus_chunk_size,
+    def encode_corpus(self, encoder, scratch: Path | None = None):
+        """The corpus's embedding shards under cache_dir (kept: reused and resumed) or in `scratch` (a temporary
+        folder); under several processes each encodes its share of the chunks."""
+        return encode_corpus(encoder, self._corpus, cache_dir=self.cache_dir, folder=scratch,
+                             model_key="scratch" if scratch else None, chunk_size=self.corpus_chunk_size,
                              batch_size=self.batch_size, prompt=self.prompts.get("document") or "",
                              show_progress=False)
 
@@ -149,18 +145,6 @@ class RetrievalEvaluator(Evaluator):
     def score(self, predictions: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
         metrics = ranking_metrics(predictions, self.qrels, self.cutoffs)
         return {self.primary_metric: metrics.pop(self.primary_metric), **metrics, **self.subset_note}
-
-
-def _shared_temp_folder() -> Path:
-    """One temporary folder for all processes (rank 0 makes it and broadcasts the name; one machine or a shared
-    file system): the processes split the corpus chunks through it."""
-    import tempfile
-
-    import torch.distributed as dist
-
-    name = [tempfile.mkdtemp(prefix="nlpc-eval-embeddings-") if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(name, src=0)
-    return Path(name[0])
 
 
 def _check_ids(task: str, kind: str, wanted: Iterable[str], available: Mapping[str, str], where: str) -> None:

@@ -48,9 +48,12 @@ class Corpus:
         """Hash every row in one pass; refuse non-text documents."""
         digest = hashlib.sha256()
         text_hashes, id_hashes = [], []
+        self.first_empty: str | None = None  # id of the first document whose text is blank
         for row, (doc_id, text) in enumerate(ids_and_texts):
             if not isinstance(text, str):
                 raise ValueError(f"{self.source}: document {doc_id!r} (row {row}) has no text: fix the corpus")
+            if self.first_empty is None and not text.strip():
+                self.first_empty = doc_id
             digest.update(f"{len(doc_id)}:{doc_id}{len(text)}:".encode())
             digest.update(text.encode("utf-8"))
             text_hashes.append(text_hash(text))
@@ -141,7 +144,8 @@ class JsonlCorpus(Corpus):
         self._hash(rows())
         self._offsets = np.asarray(offsets, dtype=np.int64)
         if not len(self):
-            raise ValueError(f"{self.path} holds no documents: give one JSON object per line")
+            empty = "is empty" if not self.path.stat().st_size else "holds no documents (only blank lines)"
+            raise ValueError(f"{self.path} {empty}: give one JSON object per line")
         self._check()
 
     def _parse(self, line: bytes, number: int | str) -> tuple[str, str]:
@@ -172,3 +176,18 @@ class JsonlCorpus(Corpus):
 
     def _ids(self, start: int, stop: int) -> list[str]:
         return [doc_id for doc_id, _ in self._read(start, stop)]
+
+    def _rows(self, rows: Iterable[int]) -> dict[int, tuple[str, str]]:
+        """(id, text) of scattered rows through one open file."""
+        out = {}
+        with open(self.path, "rb") as f:
+            for row in sorted({int(r) for r in rows}):
+                f.seek(int(self._offsets[row]))
+                out[row] = self._parse(f.readline(), f"of row {row}")
+        return out
+
+    def text_of(self, rows: Iterable[int]) -> dict[int, str]:
+        return {row: text for row, (_, text) in self._rows(rows).items()}
+
+    def id_of(self, rows: Iterable[int]) -> dict[int, str]:
+        return {row: doc_id for row, (doc_id, _) in self._rows(rows).items()}

@@ -16,7 +16,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,8 +83,8 @@ def cache_key(encoder, corpus: Corpus, *, prompt: str = "", chunk_size: int = 81
 class EmbeddingShards:
     """The encoded corpus, one chunk at a time: `blocks()` for search, `vectors(rows)` for a few rows."""
 
-    def __init__(self, key: CacheKey, folder: Path | None, memory: list[np.ndarray] | None = None) -> None:
-        self.key, self.folder, self._memory = key, folder, memory
+    def __init__(self, key: CacheKey, folder: Path) -> None:
+        self.key, self.folder = key, folder
         self.num_chunks = -(-key.documents // key.chunk_size)
         self.encoded_chunks: list[int] = []  # chunks this process encoded (the rest came from disk)
 
@@ -96,8 +99,6 @@ class EmbeddingShards:
 
     def load(self, chunk: int) -> np.ndarray:
         """Float32 vectors of one chunk."""
-        if self._memory is not None:
-            return self._memory[chunk]
         with np.load(self.path(chunk)) as shard:
             return shard["vectors"].astype(np.float32)
 
@@ -137,33 +138,29 @@ def distributed_rank() -> tuple[int, int]:
     return 0, 1
 
 
-def encode_corpus(encoder, corpus: Corpus, *, folder: str | Path | None = None, chunk_size: int = 8192,
-                  batch_size: int = 64, prompt: str = "", dtype: str = "float32", model_key: str | None = None,
-                  show_progress: bool = True) -> EmbeddingShards:
-    """Encode `corpus` chunk by chunk into `folder` (resuming its finished shards) or into memory (no folder)."""
+def encode_corpus(encoder, corpus: Corpus, *, folder: str | Path | None = None, cache_dir: str | Path | None = None,
+                  chunk_size: int = 8192, batch_size: int = 64, prompt: str = "", dtype: str = "float32",
+                  model_key: str | None = None, show_progress: bool = True) -> EmbeddingShards:
+    """Encode `corpus` chunk by chunk into `folder` (resuming its finished shards) or into a subfolder of
+    `cache_dir` named by the cache key (so any run with the same key finds it). `model_key` replaces the weights
+    hash (a temporary folder nobody else reads, or an encoder without a state dict)."""
+    if (folder is None) == (cache_dir is None):
+        raise ValueError("encode_corpus needs exactly one of folder / cache_dir (see temporary_folder())")
     rank, world = distributed_rank()
-    key = cache_key(encoder, corpus, prompt=prompt, chunk_size=chunk_size, dtype=dtype,
-                    model=model_key or ("memory" if folder is None else None))
+    key = cache_key(encoder, corpus, prompt=prompt, chunk_size=chunk_size, dtype=dtype, model=model_key)
+    if folder is None:
+        folder = Path(cache_dir) / key.digest()[:24]
     num_chunks = -(-len(corpus) // chunk_size)
     if world > num_chunks:
         raise ValueError(f"{world} processes but only {num_chunks} corpus chunk(s) of {chunk_size} documents: lower "
                          f"the corpus chunk size to <= {max(1, len(corpus) // world)} or launch fewer processes")
-    if folder is None:
-        if world > 1:
-            raise ValueError(f"{world} processes share the corpus encoding through an embeddings folder: give one "
-                             "(on a file system every process sees)")
-        chunks = [encode_chunk(encoder, corpus, rows, batch_size, prompt, dtype).astype(np.float32)
-                  for rows in _progress(EmbeddingShards(key, None).rows, num_chunks, show_progress)]
-        shards = EmbeddingShards(key, None, chunks)
-        shards.encoded_chunks = list(range(num_chunks))
-        return shards
     shards = EmbeddingShards(key, Path(folder))
     check_meta(shards.folder, key)
     failure: BaseException | None = None
     try:
         write_json_atomic(shards.folder / META, asdict(key))
         todo = [c for c in range(rank, num_chunks, world) if not shards.finished(c, corpus)]
-        for chunk in _progress(lambda c: c, todo, show_progress, total=len(todo)):
+        for chunk in tqdm(todo, desc="Encoding corpus chunks", disable=not show_progress, unit="chunk"):
             vectors = encode_chunk(encoder, corpus, shards.rows(chunk), batch_size, prompt, dtype)
             rows = shards.rows(chunk)
             write_shard(shards.path(chunk), corpus.ids(rows.start, rows.stop),
@@ -230,9 +227,22 @@ def _all_succeeded(failure: BaseException | None, world: int) -> None:
         raise failure
 
 
-def _progress(item, todo, show: bool, total: int | None = None):
-    """tqdm over chunk indices (an int count or a list), mapped through `item`."""
-    indices = range(todo) if isinstance(todo, int) else todo
-    bar = tqdm(indices, total=total if total is not None else len(indices), desc="Encoding corpus chunks",
-               disable=not show, unit="chunk")
-    return (item(i) for i in bar)
+@contextmanager
+def temporary_folder() -> Iterator[Path]:
+    """A scratch folder for shards nobody keeps, the same for every process (rank 0 makes it and broadcasts its
+    name: one machine or a shared file system), removed at the end."""
+    rank, world = distributed_rank()
+    name = [tempfile.mkdtemp(prefix="nlpc-embeddings-") if rank == 0 else None]
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(name, src=0)
+    try:
+        yield Path(name[0])
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        if rank == 0:
+            shutil.rmtree(name[0], ignore_errors=True)

@@ -1,41 +1,51 @@
-"""Hard-negative mining: for each query, the corpus documents a model ranks high that are not known positives.
+"""Hard-negative mining on the retrieval engine, with sentence-transformers' `mine_hard_negatives` meanings.
 
-Search is the evaluation's exact chunked top-k (`evaluation.retrieval.exact_top_k`): the corpus is encoded and
-scored `corpus_chunk_size` documents at a time and merged into a running top-k, so memory is
-O(queries x depth + chunk) whatever the corpus size; faiss does the block search when installed.
-
-Selection, per query (the order is fixed so each filter's count means one thing):
-  1. candidates: the search ranking of distinct corpus texts (duplicate texts are collapsed before encoding);
-  2. known positives removed — every relevant document of the query, by id and by identical text;
-  3. rank window: skip the first `range_min` remaining candidates, keep up to rank `range_max`
-     (FlagEmbedding's `range_for_sampling`; ranks count non-positive candidates, so a query with several
-     positives still gets a full window — the search fetches `range_max + its positives` documents);
-  4. score filters inside the window: absolute margin (score <= positive - m), relative margin
-     (score <= positive - |positive| x m; NV-Retriever's TopK-PercPos, m = 0.05), max_score, min_score —
-     the positive score being the query's lowest-scoring positive, as sentence-transformers does;
-  5. `num_negatives` of the survivors: the best (`top`) or a seeded random sample (`random`), best first.
-sentence-transformers' mine_hard_negatives applies its score filters before the rank window; with
-range_min = 0 (the NV-Retriever setting) the two agree whenever range_max leaves enough survivors.
+The corpus is encoded into embedding shards (retrieval.embeddings: in memory, or on disk — resumable, shared
+with evaluation, split over processes) and searched (retrieval.search: exact blocked top-k, or a faiss index
+with its recall printed). Every option that has a name in sentence-transformers (ST) 6.3 means what it means
+there; selection, per query:
+  1. candidates: the search's top `range_max + max_positives + 1` distinct corpus texts (ST's candidate count;
+     a text that repeats under several ids is searched once, under its first id, as ST de-duplicates);
+  2. removed: the query's own text (a corpus entry equal to the query, as ST), every known positive by id and
+     by identical text;
+  3. score filters, in ST's order: absolute margin (score > positive - m), relative margin
+     (score > positive - |positive| x m; NV-Retriever TopK-PercPos, m = 0.05), max_score, min_score — the
+     positive score being the query's lowest-scoring positive, as ST;
+  4. rank window over the SURVIVORS (as ST): keep survivors ranked [range_min, range_max);
+  5. `num_negatives` of them: the best (`top`) or a seeded random sample (`random`), best first.
+Scores are the model's similarity on normalized embeddings, as ST computes them: cosine for cosine and dot
+models, -(euclidean distance) for euclidean ones; manhattan is refused (its ranking is not the cosine one
+the index searches). ST draws `random` with Python's global random; ours uses `seed`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from nlp_contrastive.evaluation.embedding import encode
-from nlp_contrastive.evaluation.retrieval import exact_top_k
-from nlp_contrastive.evaluation.retrieval_data import is_beir_folder, load_beir
 from nlp_contrastive.files import write_atomic
+from nlp_contrastive.retrieval.corpus import text_hash
+from nlp_contrastive.retrieval.embeddings import encode_corpus, temporary_folder
+from nlp_contrastive.retrieval.encoding import encode
+from nlp_contrastive.retrieval.positives import (  # noqa: F401  (public here before the split)
+    RetrievalPositives,
+    as_corpus,
+    beir_positives,
+    check_positives,
+    load_positives,
+    positive_pairs,
+)
+from nlp_contrastive.retrieval.search import IndexOptions, search_shards
 
 SAMPLING = ("top", "random")
 OUTPUT_FORMATS = ("negatives", "triplets")
+SIMILARITIES = ("cosine", "dot", "euclidean")
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,9 @@ class MiningOptions:
     document_prompt: str = ""
     batch_size: int = 64
     corpus_chunk_size: int = 8192
-    use_faiss: bool | None = None  # None: faiss when installed
+    similarity: str | None = None  # None: the encoder's similarity_fn_name, else cosine
+    embedding_dtype: str = "float32"
+    index: IndexOptions = IndexOptions()
 
     def __post_init__(self) -> None:
         if self.num_negatives < 1:
@@ -75,6 +87,15 @@ class MiningOptions:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if self.corpus_chunk_size < 1 or self.batch_size < 1:
             raise ValueError("batch_size and corpus_chunk_size must be >= 1")
+        if self.similarity is not None:
+            check_similarity(self.similarity)
+
+
+def check_similarity(name: str) -> str:
+    if name not in SIMILARITIES:
+        raise ValueError(f"similarity '{name}' cannot be mined: the search ranks by cosine, which orders "
+                         f"{', '.join(SIMILARITIES)} alike; use one of those")
+    return name
 
 
 @dataclass
@@ -86,8 +107,8 @@ class MiningStats:
     duplicate_documents_collapsed: int = 0
     candidates_seen: int = 0
     removed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("positive_id", "positive_text", "rank_window", "absolute_margin", "relative_margin", "max_score",
-         "min_score"), 0))
+        ("query_text", "positive_id", "positive_text", "absolute_margin", "relative_margin", "max_score",
+         "min_score", "rank_window"), 0))
     negatives_per_query: list[int] = field(default_factory=list)
     positive_scores: list[float] = field(default_factory=list)
     negative_scores: list[float] = field(default_factory=list)
@@ -111,99 +132,6 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
-@dataclass(frozen=True)
-class RetrievalPositives:
-    """Queries, corpus and every known positive: {query id: text}, {doc id: text}, {query id: [doc ids]}."""
-
-    queries: Mapping[str, str]
-    corpus: Mapping[str, str]
-    positives: Mapping[str, Sequence[str]]
-
-
-# ------------------------------------------------------------------------------------------ loading
-def load_positives(data: str | Path, split: str = "train", *, query_column: str = "query",
-                   positive_column: str = "positive") -> RetrievalPositives:
-    """A BEIR folder (qrels relevance >= 1 of `split`) or a pairs file (corpus = its distinct positives)."""
-    if is_beir_folder(data):
-        return beir_positives(str(data), split)
-    from nlp_contrastive.data import load_split
-
-    try:
-        rows = load_split(str(data), split)
-    except FileNotFoundError:
-        if not Path(data).is_dir():
-            raise
-        raise FileNotFoundError(f"--data folder '{data}' is not a BEIR folder (no corpus.jsonl) and has no pairs file "
-                                f"{split}.jsonl/.csv/.parquet: give corpus.jsonl, queries.jsonl and qrels/{split}.tsv, "
-                                "or a pairs file") from None
-    missing = [c for c in (query_column, positive_column) if c not in rows.column_names]
-    if missing:
-        raise ValueError(f"{data}: no column(s) {missing} (columns: {', '.join(rows.column_names)}): set "
-                         "--query-column / --positive-column")
-    queries, corpus, positives = {}, {}, {}
-    query_ids: dict[str, str] = {}
-    doc_ids: dict[str, str] = {}
-    for row, (query, positive) in enumerate(zip(rows[query_column], rows[positive_column], strict=True)):
-        for role, text in (("query", query), ("positive", positive)):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{data}: row {row} has no {role} text: fix or drop that row")
-        qid = query_ids.setdefault(query, f"q{len(query_ids)}")
-        queries[qid] = query
-        did = doc_ids.setdefault(positive, f"d{len(doc_ids)}")
-        corpus[did] = positive
-        positives.setdefault(qid, []).append(did)
-    return check_positives(RetrievalPositives(queries, corpus, positives), str(data))
-
-
-def beir_positives(source: str, split: str) -> RetrievalPositives:
-    """Every relevance >= 1 judgment of a BEIR dataset's split (local folder or hub copy), checked."""
-    queries, corpus, qrels = load_beir(source, split)
-    positives = {q: [d for d, rel in judged.items() if rel >= 1] for q, judged in qrels.items()}
-    return check_positives(RetrievalPositives(queries, corpus, positives), f"{source} qrels/{split}")
-
-
-def positive_pairs(data: RetrievalPositives) -> dict[str, list]:
-    """Training rows, one per (query, relevant document): query_id, query, positive, and known_positives (every
-    relevant document of the query, so none of them is ever used as its negative)."""
-    rows: dict[str, list] = {"query_id": [], "query": [], "positive": [], "known_positives": []}
-    for qid, doc_ids in data.positives.items():
-        texts = [data.corpus[d] for d in doc_ids]
-        for text in texts:
-            rows["query_id"].append(qid)
-            rows["query"].append(data.queries[qid])
-            rows["positive"].append(text)
-            rows["known_positives"].append(texts)
-    return rows
-
-
-def check_positives(data: RetrievalPositives, where: str) -> RetrievalPositives:
-    """Fail before any encoding: empty corpus, unknown ids, queries without text or without a positive."""
-    if not data.corpus:
-        raise ValueError(f"{where}: the corpus is empty: give at least one document")
-    positives = {q: list(dict.fromkeys(docs)) for q, docs in data.positives.items() if docs}
-    if not positives:
-        raise ValueError(f"{where}: no query has a relevant document (relevance >= 1): check the split's qrels")
-    for kind, ids, known in (("query", list(positives), data.queries),
-                             ("document", [d for docs in positives.values() for d in docs], data.corpus)):
-        unknown = [i for i in ids if i not in known]
-        if unknown:
-            raise ValueError(f"{where}: qrels name {len(unknown)} {kind} id(s) that are not in the "
-                             f"{'queries' if kind == 'query' else 'corpus'} (e.g. {unknown[0]!r}): fix the qrels "
-                             "or the files")
-    for q in positives:
-        text = data.queries[q]
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{where}: query {q!r} has no text: give every judged query a text in queries.jsonl")
-    for d, text in data.corpus.items():
-        if not isinstance(text, str):
-            raise ValueError(f"{where}: document {d!r} has no text: fix corpus.jsonl")
-        if not text.strip():  # it would be mined as a negative that training then rejects
-            raise ValueError(f"{where}: document {d!r} has an empty text (and title): give it a text or drop it from "
-                             "corpus.jsonl")
-    return RetrievalPositives({q: data.queries[q] for q in positives}, data.corpus, positives)
-
-
-# ------------------------------------------------------------------------------------------ mining
 @dataclass
 class MinedQuery:
     query_id: str
@@ -217,98 +145,110 @@ class MinedQuery:
 
 
 def mine_hard_negatives(encoder, data: RetrievalPositives, options: MiningOptions = MiningOptions(), *,
-                        show_progress: bool = True) -> tuple[list[MinedQuery], MiningStats]:
-    """Encode, search, select: one MinedQuery per query; `encoder` is ours or a SentenceTransformer."""
-    doc_ids = list(data.corpus)
-    texts = list(dict.fromkeys(data.corpus[d] for d in doc_ids))  # duplicate texts collapsed
-    text_slot = {t: i for i, t in enumerate(texts)}
-    representative = {}
-    for d in doc_ids:
-        representative.setdefault(text_slot[data.corpus[d]], d)
+                        embeddings_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                        show_progress: bool = True, log=None) -> tuple[list[MinedQuery], MiningStats]:
+    """Encode, search, select: one MinedQuery per query; `encoder` is ours or a SentenceTransformer.
+
+    The corpus's embedding shards go to `embeddings_dir` (exactly that folder) or to a key-named subfolder of
+    `cache_dir` (shared with evaluation), both reused and resumed; with neither, to a temporary folder.
+    """
+    with ExitStack() as scratch:
+        if embeddings_dir is None and cache_dir is None:
+            embeddings_dir = scratch.enter_context(temporary_folder())
+            return _mine(encoder, data, options, embeddings_dir, None, "scratch", show_progress, log)
+        return _mine(encoder, data, options, embeddings_dir, cache_dir, None, show_progress, log)
+
+
+def _mine(encoder, data: RetrievalPositives, options: MiningOptions, embeddings_dir, cache_dir, model_key,
+          show_progress: bool, log) -> tuple[list[MinedQuery], MiningStats]:
+    log = log or (lambda line: print(line, file=sys.stderr))
+    similarity = check_similarity(options.similarity or getattr(encoder, "similarity_fn_name", None) or "cosine")
+    corpus = as_corpus(data.corpus)
+    repeated = corpus.repeated_text_rows()
+    shards = encode_corpus(encoder, corpus, folder=embeddings_dir, cache_dir=cache_dir, model_key=model_key,
+                           chunk_size=options.corpus_chunk_size,
+                           batch_size=options.batch_size, prompt=options.document_prompt,
+                           dtype=options.embedding_dtype, show_progress=show_progress)
     query_ids = list(data.positives)
-    positive_slots = [[text_slot[data.corpus[d]] for d in data.positives[q]] for q in query_ids]
-    query_embeddings = encode(encoder, [options.query_prompt + data.queries[q] for q in query_ids],
-                              options.batch_size)
-    wanted = {s for slots in positive_slots for s in slots}
-    positive_vectors: dict[int, np.ndarray] = {}
-
-    def corpus_chunks() -> Iterable[np.ndarray]:
-        bar = tqdm(total=len(texts), desc="Mining: corpus", disable=not show_progress, file=sys.stderr)
-        for start in range(0, len(texts), options.corpus_chunk_size):
-            chunk = texts[start:start + options.corpus_chunk_size]
-            embeddings = encode(encoder, [options.document_prompt + t for t in chunk], options.batch_size)
-            for slot in wanted.intersection(range(start, start + len(chunk))):
-                positive_vectors[slot] = embeddings[slot - start]
-            bar.update(len(chunk))
-            yield embeddings
-        bar.close()
-
-    depth = options.range_max + max(len(set(s)) for s in positive_slots)
-    scores, indices = exact_top_k(query_embeddings, corpus_chunks(), depth, similarity="cosine",
-                                  corpus_chunk_size=options.corpus_chunk_size, use_faiss=_want_faiss(options))
-    stats = MiningStats(queries=len(query_ids), corpus_documents=len(doc_ids),
-                        duplicate_documents_collapsed=len(doc_ids) - len(texts))
+    query_embeddings = encode(encoder, [data.queries[q] for q in query_ids], options.batch_size,
+                              prompt=options.query_prompt or None)
+    positive_ids = [list(data.positives[q]) for q in query_ids]
+    flat_ids = [d for ids in positive_ids for d in ids]
+    positive_rows = dict(zip(flat_ids, corpus.rows_of_ids(flat_ids).tolist(), strict=True))
+    unique_rows = sorted(set(positive_rows.values()))
+    positive_vectors = dict(zip(unique_rows, _unit(shards.vectors(unique_rows)), strict=True))
+    depth = options.range_max + max(len(ids) for ids in positive_ids) + 1
+    unit_queries = _unit(query_embeddings)
+    cosines, candidates, _ = search_shards(unit_queries, shards, depth, options.index,
+                                           include=None if not repeated.any() else ~repeated, log=log)
+    stats = MiningStats(queries=len(query_ids), corpus_documents=len(corpus),
+                        duplicate_documents_collapsed=int(repeated.sum()))
     rng = np.random.default_rng(options.seed)
-    mined = []
+    chosen_rows, choices = set(), []
     for row, q in enumerate(query_ids):
-        pos_scores = [_cosine(query_embeddings[row], positive_vectors[s]) for s in positive_slots[row]]
-        positive_id_slots = {text_slot[data.corpus[d]] for d in data.positives[q] if representative[
-            text_slot[data.corpus[d]]] == d}
-        chosen, chosen_scores = select_negatives(scores[row], indices[row], set(positive_slots[row]),
-                                                 positive_id_slots, min(pos_scores), options, rng, stats)
+        rows = [positive_rows[d] for d in positive_ids[row]]
+        pos_scores = [_score(float(unit_queries[row] @ positive_vectors[r]), similarity) for r in rows]
+        excluded = {"query_text": {text_hash(data.queries[q])}, "positive_text": set(corpus.text_hashes[rows].tolist())}
+        picked = select_negatives(_score(cosines[row], similarity), candidates[row], corpus.text_hashes, set(rows),
+                                  excluded, min(pos_scores), options, rng, stats)
         stats.positive_scores.extend(pos_scores)
-        mined.append(MinedQuery(q, data.queries[q], list(data.positives[q]),
-                                [data.corpus[d] for d in data.positives[q]], pos_scores,
-                                [representative[s] for s in chosen], [texts[s] for s in chosen], chosen_scores))
+        chosen_rows.update(rows)
+        chosen_rows.update(r for r, _ in picked)
+        choices.append((rows, pos_scores, picked))
+    texts, ids = corpus.text_of(chosen_rows), corpus.id_of(chosen_rows)
+    mined = [MinedQuery(q, data.queries[q], positive_ids[i], [texts[r] for r in rows], pos_scores,
+                        [ids[r] for r, _ in picked], [texts[r] for r, _ in picked], [s for _, s in picked])
+             for i, (q, (rows, pos_scores, picked)) in enumerate(zip(query_ids, choices, strict=True))]
     return mined, stats
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+def saved_similarity(model: str) -> str | None:
+    """similarity_fn_name of a saved sentence-transformers folder (config_sentence_transformers.json), if any."""
+    from nlp_contrastive.modeling import resolve_model_path
+
+    try:  # a model that cannot be found fails later, where it is loaded, with its own message
+        path = Path(resolve_model_path(model)) / "config_sentence_transformers.json"
+        return json.loads(path.read_text(encoding="utf-8")).get("similarity_fn_name")
+    except (OSError, ValueError):
+        return None
 
 
-def _want_faiss(options: MiningOptions) -> bool:
-    if options.use_faiss is not None:
-        return options.use_faiss
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def select_negatives(scores: np.ndarray, slots: np.ndarray, positive_slots: set[int], positive_id_slots: set[int],
-                     positive_score: float, options: MiningOptions, rng: np.random.Generator,
-                     stats: MiningStats) -> tuple[list[int], list[float]]:
+def _score(cosine, similarity: str):
+    """The model's similarity of unit vectors from their cosine (ST normalizes before model.similarity)."""
+    if similarity == "euclidean":
+        return -np.sqrt(np.maximum(2.0 - 2.0 * np.asarray(cosine, dtype=np.float64), 0.0))
+    return cosine
+
+
+def select_negatives(scores: np.ndarray, rows: np.ndarray, text_hashes: np.ndarray, positive_rows: set[int],
+                     excluded_texts: Mapping[str, set[int]], positive_score: float, options: MiningOptions,
+                     rng: np.random.Generator, stats: MiningStats) -> list[tuple[int, float]]:
     """Steps 2-5 of the module docstring for one query's ranked candidates (best first, -1 = padding)."""
-    window: list[tuple[int, float]] = []
-    rank = 0
-    for slot, score in zip(slots.tolist(), scores.tolist(), strict=True):
-        if slot < 0:
+    survivors: list[tuple[int, float]] = []
+    for row, score in zip(rows.tolist(), np.asarray(scores).tolist(), strict=True):
+        if row < 0:
             continue
         stats.candidates_seen += 1
-        if slot in positive_slots:
-            stats.removed["positive_id" if slot in positive_id_slots else "positive_text"] += 1
-            continue
-        if options.range_min <= rank < options.range_max:
-            window.append((slot, score))
-        else:
-            stats.removed["rank_window"] += 1
-        rank += 1
-    keep = []
-    for slot, score in window:
-        reason = _filtered_by(score, positive_score, options)
+        reason = ("positive_id" if row in positive_rows else
+                  next((name for name, hashes in excluded_texts.items() if int(text_hashes[row]) in hashes), None)
+                  or _filtered_by(score, positive_score, options))
         if reason:
             stats.removed[reason] += 1
         else:
-            keep.append((slot, score))
-    if options.sampling == "random" and len(keep) > options.num_negatives:
-        picked = np.sort(rng.choice(len(keep), size=options.num_negatives, replace=False))
-        keep = [keep[i] for i in picked]
-    keep = keep[:options.num_negatives]
+            survivors.append((row, float(score)))
+    window = survivors[options.range_min:options.range_max]
+    stats.removed["rank_window"] += len(survivors) - len(window)
+    if options.sampling == "random" and len(window) > options.num_negatives:
+        picked = np.sort(rng.choice(len(window), size=options.num_negatives, replace=False))
+        window = [window[i] for i in picked]
+    keep = window[:options.num_negatives]
     stats.negatives_per_query.append(len(keep))
     stats.negative_scores.extend(s for _, s in keep)
-    return [s for s, _ in keep], [float(s) for _, s in keep]
+    return keep
 
 
 def _filtered_by(score: float, positive: float, options: MiningOptions) -> str | None:
