@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class Corpus:
     def _hash(self, ids_and_texts: Iterable[tuple[str, str]]) -> None:
         """Hash every row in one pass; refuse non-text documents."""
         digest = hashlib.sha256()
-        text_hashes, id_hashes = [], []
+        text_hashes, id_hashes = array("q"), array("q")  # 8 bytes a row, not a Python int
         self.first_empty: str | None = None  # id of the first document whose text is blank
         for row, (doc_id, text) in enumerate(ids_and_texts):
             if not isinstance(text, str):

@@ -64,7 +64,7 @@ def model_fingerprint(encoder) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     settings = [getattr(encoder, a, None) for a in ("pooling", "normalize", "include_prompt")]
-    digest.update(repr((type(encoder).__name__, settings)).encode())
+    digest.update(repr(settings).encode())
     return digest.hexdigest()
 
 
