@@ -338,3 +338,45 @@ def test_a_query_whose_candidates_all_fail_the_filters_keeps_its_rows_without_ne
         [("q", "pos", [], ["pos"])]
     assert mined_rows(list(mined.values()), "triplets") == []
     assert "(1 none: kept with in-batch negatives only)" in stats.summary(2)
+
+
+# ------------------------------------------------------------------------------------------ vs sentence-transformers
+def _paraphrases(data_dir, count: int) -> list[tuple[str, str]]:
+    rows = [json.loads(line) for line in (data_dir / "msrp" / "test.jsonl").read_text().splitlines()]
+    pairs = [(r["sentence1"], r["sentence2"]) for r in rows if r["label"] == 1][:count]
+    return [p for a, b in pairs for p in ((a, b), (b, a))]  # both directions: each query is another's positive
+
+
+@pytest.mark.parametrize("options", [
+    {"num_negatives": 3, "range_max": 10},
+    {"num_negatives": 2, "range_min": 2, "range_max": 12, "relative_margin": 0.05},
+    {"num_negatives": 2, "range_min": 1, "range_max": 8, "absolute_margin": 0.02, "max_score": 0.9},
+])
+def test_same_negatives_as_sentence_transformers_on_paraphrases_in_both_directions(tmp_path, data_dir, minilm_path,
+                                                                                   options):
+    """The self-negative case: every query's text is in the corpus (as the positive of the reverse pair). ST
+    removes it; so must we. range_min counts survivors of the margins, as in ST. Both sides embed with the same
+    SentenceTransformer, so only the selection is compared."""
+    import datasets
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives as st_mine
+
+    pairs = _paraphrases(data_dir, 80)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in pairs))
+    model = SentenceTransformer(minilm_path, device="cpu")
+    model.max_seq_length = 64
+    mined, stats = mine_hard_negatives(model, load_positives(path, "train"), MiningOptions(**options),
+                                       show_progress=False)
+    ours = {(m.query, p): m.negatives for m in mined for p in m.positives}
+    assert stats.removed["query_text"] > 0.9 * len(pairs)  # nearly every query meets its own text near the top
+    assert all(query not in negatives for (query, _), negatives in ours.items())
+    ds = datasets.Dataset.from_dict({"query": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
+    theirs = st_mine(ds, model, output_format="n-tuple", batch_size=64, verbose=False, **options)
+    k = options["num_negatives"]
+    assert len(theirs) > 0.5 * len(pairs)
+    same = sum(ours[row["query"], row["positive"]] == [row[f"negative_{i}"] for i in range(1, k + 1)]
+               for row in theirs)
+    assert same == len(theirs)
+    # ST keeps only queries with k survivors; ours keeps the rest with fewer (same count of full ones)
+    assert sum(len(negatives) == k for negatives in ours.values()) == len(theirs)
