@@ -254,11 +254,14 @@ def run_mine(args: argparse.Namespace) -> int:
 
 
 def _distributed_state() -> int:
-    """This process's rank under `accelerate launch` (the process group is set up here), else 0."""
+    """This process's rank under `accelerate launch` / torchrun (the gloo process group is set up here), else 0.
+    (accelerate's PartialState reports every CPU process as process 0 without GPUs.)"""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
+        import torch.distributed as dist
 
-        return PartialState().process_index
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return dist.get_rank()
     return 0
 
 

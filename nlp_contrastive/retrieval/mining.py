@@ -41,7 +41,7 @@ from nlp_contrastive.retrieval.positives import (  # noqa: F401  (public here be
     load_positives,
     positive_pairs,
 )
-from nlp_contrastive.retrieval.search import IndexOptions, search_shards
+from nlp_contrastive.retrieval.search import IndexOptions, check_index, search_shards
 
 SAMPLING = ("top", "random")
 OUTPUT_FORMATS = ("negatives", "triplets")
@@ -165,13 +165,14 @@ def _mine(encoder, data: RetrievalPositives, options: MiningOptions, embeddings_
     similarity = check_similarity(options.similarity or getattr(encoder, "similarity_fn_name", None) or "cosine")
     corpus = as_corpus(data.corpus)
     repeated = corpus.repeated_text_rows()
+    query_ids = list(data.positives)
+    query_embeddings = encode(encoder, [data.queries[q] for q in query_ids], options.batch_size,
+                              prompt=options.query_prompt or None)
+    check_index(options.index, query_embeddings.shape[1])
     shards = encode_corpus(encoder, corpus, folder=embeddings_dir, cache_dir=cache_dir, model_key=model_key,
                            chunk_size=options.corpus_chunk_size,
                            batch_size=options.batch_size, prompt=options.document_prompt,
                            dtype=options.embedding_dtype, show_progress=show_progress)
-    query_ids = list(data.positives)
-    query_embeddings = encode(encoder, [data.queries[q] for q in query_ids], options.batch_size,
-                              prompt=options.query_prompt or None)
     positive_ids = [list(data.positives[q]) for q in query_ids]
     flat_ids = [d for ids in positive_ids for d in ids]
     positive_rows = dict(zip(flat_ids, corpus.rows_of_ids(flat_ids).tolist(), strict=True))

@@ -226,12 +226,7 @@ def build_index(shards, options: IndexOptions, k: int, include: np.ndarray | Non
     pq_m = options.pq_m or max(1, dim // 4)
     factory = {"ivf-flat": f"IVF{nlist},Flat", "hnsw": "HNSW32,Flat", "ivf-pq": f"IVF{nlist},PQ{pq_m}x8"}.get(
         options.index, options.index)
-    try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        message = str(exc).strip().splitlines()[-1][:160]
-        raise ValueError(f"faiss has no index '{options.index}' ({message}): use one of {', '.join(INDEXES)} or a "
-                         "faiss index_factory string such as 'IVF1024,Flat'") from None
+    index = make_index(options.index, factory, dim)
     if hasattr(index, "hnsw"):  # inner-product HNSW needs a wider build than faiss's default 40 for 0.99 recall
         index.hnsw.efConstruction = 200
     if not index.is_trained:
@@ -249,6 +244,25 @@ def build_index(shards, options: IndexOptions, k: int, include: np.ndarray | Non
     if "HNSW" in factory:
         faiss.ParameterSpace().set_index_parameter(index, "efSearch", options.ef_search or max(8 * k, 256))
     return index, rows, factory
+
+
+def make_index(name: str, factory: str, dim: int):
+    """faiss.index_factory, its error turned into one line naming the option and the valid ones."""
+    faiss = import_faiss()
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        message = str(exc).strip().splitlines()[-1][:160]
+        raise ValueError(f"faiss has no index '{name}' ({message}): use one of {', '.join(INDEXES)} or a "
+                         "faiss index_factory string such as 'IVF1024,Flat'") from None
+
+
+def check_index(options: IndexOptions, dim: int) -> None:
+    """Fail before any encoding on an index faiss cannot build (a factory string is tried on an empty index)."""
+    if options.index not in INDEXES:
+        make_index(options.index, options.index, dim)
+    elif options.index != "exact":
+        import_faiss()
 
 
 def approximate_search(index, row_map: np.ndarray, name: str, queries: np.ndarray, k: int, options: IndexOptions,
