@@ -15,8 +15,9 @@ runs the real one. Options, both sides: num_negatives 3, range_max 50, sampling 
 other candidates, so a margin would leave nothing to compare). sentence-transformers runs with use_faiss=True (its exact IndexFlatIP over all embeddings: without
 faiss it scores queries x corpus in 16384-query blocks, a 16 GB matrix at 1M). Each side runs in its own
 process and its peak RSS is that process's (os.wait4); both are printed with wall and CPU seconds.
-`--recall`: the 1M corpus's shards searched with ivf-flat and hnsw; recall@range_max of the candidates vs exact
-and the speed-up are printed (our search_shards report line).
+`--recall [--scifact]`: each corpus's shards (reused from the mining run) and, with --scifact, SciFact's 5,183
+abstracts under the real all-MiniLM-L6-v2 (1,109 claims as queries) searched with ivf-flat and hnsw;
+recall@range_max of the candidates vs exact on up to 1,000 queries and the speed-up are printed.
 """
 
 from __future__ import annotations
@@ -187,21 +188,30 @@ def agreement(ours: Path, st: Path) -> str:
 
 # ------------------------------------------------------------------------------------------ parent
 def recall(args, work: Path) -> None:
-    from nlp_contrastive.modeling import Encoder
+    """Each corpus's shards (the mining run's, reused) searched by each index; recall vs exact + speed-up."""
+    from nlp_contrastive.modeling import Encoder, bundled_default_model_path
+    from nlp_contrastive.retrieval.corpus import JsonlCorpus
     from nlp_contrastive.retrieval.embeddings import encode_corpus
     from nlp_contrastive.retrieval.encoding import encode
-    from nlp_contrastive.retrieval.positives import load_positives
     from nlp_contrastive.retrieval.search import IndexOptions, search_shards
 
-    for size in args.sizes:
-        folder = build_corpus(size, work / f"corpus-{size}", Path(os.environ["NLPC_DATA_DIR"]), args.pairs)
-        encoder = Encoder.from_pretrained(args.model, max_seq_length=MAX_SEQ_LENGTH)
-        data = load_positives(folder, "train")
-        shards = encode_corpus(encoder, data.corpus, folder=work / f"shards-{size}", show_progress=False)
-        queries = encode(encoder, [data.queries[q] for q in data.positives], 64)
+    data_dir = Path(os.environ["NLPC_DATA_DIR"])
+    runs = []
+    if args.scifact:  # the real MiniLM at its own max_seq_length (256), every SciFact claim as a query
+        runs.append(("scifact", data_dir / "scifact", args.scifact_model or bundled_default_model_path(), None))
+    runs += [(str(size), build_corpus(size, work / f"corpus-{size}", data_dir, args.pairs), args.model,
+              MAX_SEQ_LENGTH) for size in args.sizes]
+    for name, folder, model, max_seq_length in runs:
+        encoder = Encoder.from_pretrained(model, max_seq_length=max_seq_length)
+        corpus = JsonlCorpus(folder / "corpus.jsonl")
+        shards = encode_corpus(encoder, corpus, folder=work / f"shards-{name}", show_progress=False)
+        texts = [json.loads(line)["text"] for line in (folder / "queries.jsonl").read_text().splitlines()]
+        queries = encode(encoder, texts, 64)
         for index in args.indexes:
-            options = IndexOptions(index=index, nprobe=args.nprobe, ef_search=args.ef_search, recall_sample=500)
-            print(f"{size} documents, {len(queries)} queries, {index}:", flush=True)
+            options = IndexOptions(index=index, nprobe=args.nprobe, ef_search=args.ef_search,
+                                   recall_sample=min(len(queries), 1000))
+            print(f"{name}: {len(corpus)} documents, {len(queries)} queries, {index}, k = {OPTIONS['range_max']}:",
+                  flush=True)
             search_shards(queries, shards, OPTIONS["range_max"], options, log=lambda line: print("  " + line))
 
 
@@ -214,6 +224,8 @@ def main() -> None:
     parser.add_argument("--work", help="folder for corpora, models, shards (default: a temporary one)")
     parser.add_argument("--recall", action="store_true", help="approximate search recall vs exact instead")
     parser.add_argument("--indexes", nargs="+", default=["ivf-flat", "hnsw"])
+    parser.add_argument("--scifact", action="store_true", help="--recall also on SciFact with the real MiniLM")
+    parser.add_argument("--scifact-model", help="model for --scifact (default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--nprobe", type=int)
     parser.add_argument("--ef-search", type=int)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each side")

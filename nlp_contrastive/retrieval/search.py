@@ -137,8 +137,8 @@ class IndexOptions:
 
     nlist (IVF cells; default 4 x sqrt(documents)), nprobe (cells searched; default nlist / 8, at least 16),
     ef_search (HNSW, built with efConstruction 200; default max(8k, 256)), pq_m (PQ sub-quantizers; default
-    dim / 4), rerank (IVF-PQ rescores
-    rerank x k candidates exactly), recall_sample (queries the recall vs exact is measured on; 0 = skip).
+    dim / 4), rerank (IVF-PQ rescores rerank x k candidates exactly), recall_sample (queries the recall vs exact
+    is measured on; 0 = skip).
     """
 
     index: str = "exact"
