@@ -214,3 +214,50 @@ def test_corpus_subset_keeps_judged_documents_and_the_starting_models_top_n(tmp_
     scores = subset(tiny_encoder)
     assert scores["corpus_documents"] == len(subset.doc_ids) and scores["corpus_subset_top_n"] == 20
     assert "corpus_documents" not in full.score(run)
+
+
+WORKER = '''
+import json, sys
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[2])
+from tests.conftest import make_tiny_encoder
+from nlp_contrastive.evaluation import RetrievalEvaluator
+from nlp_contrastive.retrieval import embeddings
+
+dist.init_process_group("gloo")
+encoded = []
+real = embeddings.encode_chunk
+embeddings.encode_chunk = lambda encoder, corpus, rows, *a: encoded.append(rows.start) or real(encoder, corpus, rows, *a)
+corpus = {f"d{i}": f"document {i} on topic {i % 9} with word {i * 7 % 13}" for i in range(300)}
+queries = {f"q{i}": f"topic {i % 9} word {i % 13}" for i in range(40)}
+qrels = {f"q{i}": {f"d{(i * 11) % 300}": 1} for i in range(40)}
+scores = RetrievalEvaluator(queries, corpus, qrels, corpus_chunk_size=64)(make_tiny_encoder())
+with open(f"{sys.argv[1]}.{dist.get_rank()}", "w") as f:
+    json.dump({"scores": scores, "encoded": encoded}, f)
+'''
+
+
+def test_two_processes_split_the_corpus_encoding_and_agree_with_one(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, TWO_PROCESSES
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([*TWO_PROCESSES, str(script), str(tmp_path / "out"), str(REPO_ROOT)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "single"), str(REPO_ROOT)],
+                         env={**env, "WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                              "MASTER_PORT": "29533"}, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1)]
+    single = json.loads((tmp_path / "single.0").read_text())
+    assert ranks[0]["encoded"] == [0, 128, 256] and ranks[1]["encoded"] == [64, 192]  # each its share
+    assert single["encoded"] == [0, 64, 128, 192, 256]
+    for rank in ranks:
+        assert rank["scores"] == pytest.approx(single["scores"], abs=1e-6)

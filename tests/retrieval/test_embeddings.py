@@ -95,7 +95,7 @@ def test_a_corrupt_shard_is_encoded_again(tmp_path, tiny_encoder):
 @pytest.mark.parametrize("change, field", [("model", "model weights"), ("max_seq_length", "max_seq_length"),
                                            ("prompt", "prompt"), ("texts", "corpus texts")])
 def test_a_folder_written_with_other_settings_is_refused(tmp_path, tiny_encoder, change, field):
-    from conftest import make_tiny_encoder
+    from tests.conftest import make_tiny_encoder
 
     encode_corpus(tiny_encoder, CORPUS, folder=tmp_path / "e", chunk_size=16, show_progress=False)
     encoder, corpus, prompt = tiny_encoder, CORPUS, ""

@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, TWO_PROCESSES
 
 from nlp_contrastive import cli
 from nlp_contrastive.retrieval import embeddings
+from tests.conftest import REPO_ROOT, TWO_PROCESSES
 
 
 @pytest.fixture(scope="module")
