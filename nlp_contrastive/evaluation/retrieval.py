@@ -17,7 +17,7 @@ from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
 from nlp_contrastive.evaluation.inputs import check_texts
 from nlp_contrastive.evaluation.ranking_metrics import DEFAULT_CUTOFFS, check_qrels, ranking_metrics
 from nlp_contrastive.retrieval.corpus import MemoryCorpus
-from nlp_contrastive.retrieval.embeddings import encode_corpus, temporary_folder
+from nlp_contrastive.retrieval.embeddings import DEFAULT_CHUNK_SIZE, encode_corpus, temporary_folder
 from nlp_contrastive.retrieval.search import (  # noqa: F401  (exact_top_k, RunningTopK: public here before)
     SEARCH_SIMILARITIES,
     IndexOptions,
@@ -51,7 +51,7 @@ class RetrievalEvaluator(Evaluator):
         batch_size: int = DEFAULT_BATCH_SIZE,
         similarity: str = "cosine",
         cutoffs: Mapping[str, Iterable[int]] = DEFAULT_CUTOFFS,
-        corpus_chunk_size: int = 50_000,
+        corpus_chunk_size: int = DEFAULT_CHUNK_SIZE,
         use_faiss: bool = False,
         ignore_identical_ids: bool = False,
         cache_dir: str | Path | None = None,

@@ -31,6 +31,7 @@ from nlp_contrastive.retrieval.corpus import Corpus
 from nlp_contrastive.retrieval.encoding import encode, truncate
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
+DEFAULT_CHUNK_SIZE = 8192  # mining's and evaluation's default alike: the chunk size is part of the cache key
 META = "meta.json"
 
 
@@ -68,7 +69,7 @@ def model_fingerprint(encoder) -> str:
     return digest.hexdigest()
 
 
-def cache_key(encoder, corpus: Corpus, *, prompt: str = "", chunk_size: int = 8192, dtype: str = "float32",
+def cache_key(encoder, corpus: Corpus, *, prompt: str = "", chunk_size: int = DEFAULT_CHUNK_SIZE, dtype: str = "float32",
               model: str | None = None) -> CacheKey:
     """The key of `corpus` encoded by `encoder`; `model` overrides the weights hash (an encoder without state)."""
     if dtype not in DTYPES:
@@ -139,7 +140,7 @@ def distributed_rank() -> tuple[int, int]:
 
 
 def encode_corpus(encoder, corpus: Corpus, *, folder: str | Path | None = None, cache_dir: str | Path | None = None,
-                  chunk_size: int = 8192, batch_size: int = 64, prompt: str = "", dtype: str = "float32",
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = 64, prompt: str = "", dtype: str = "float32",
                   model_key: str | None = None, show_progress: bool = True) -> EmbeddingShards:
     """Encode `corpus` chunk by chunk into `folder` (resuming its finished shards) or into a subfolder of
     `cache_dir` named by the cache key (so any run with the same key finds it). `model_key` replaces the weights

@@ -31,7 +31,7 @@ import numpy as np
 
 from nlp_contrastive.files import write_atomic
 from nlp_contrastive.retrieval.corpus import text_hash
-from nlp_contrastive.retrieval.embeddings import encode_corpus, temporary_folder
+from nlp_contrastive.retrieval.embeddings import DEFAULT_CHUNK_SIZE, encode_corpus, temporary_folder
 from nlp_contrastive.retrieval.encoding import encode
 from nlp_contrastive.retrieval.positives import (  # noqa: F401  (public here before the split)
     RetrievalPositives,
@@ -64,7 +64,7 @@ class MiningOptions:
     query_prompt: str = ""
     document_prompt: str = ""
     batch_size: int = 64
-    corpus_chunk_size: int = 8192
+    corpus_chunk_size: int = DEFAULT_CHUNK_SIZE
     similarity: str | None = None  # None: the encoder's similarity_fn_name, else cosine
     embedding_dtype: str = "float32"
     index: IndexOptions = IndexOptions()

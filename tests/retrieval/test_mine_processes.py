@@ -95,3 +95,21 @@ def test_more_processes_than_chunks_exit_2_on_every_rank(tmp_path, scifact_slice
     assert done.returncode != 0
     assert done.stderr.count("error: 2 processes but only 1 corpus chunk(s) of 5000 documents") == 2
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_evaluating_the_mining_model_on_the_same_corpus_reads_the_mined_embeddings(tmp_path, scifact_slice,
+                                                                                      tiny_model_dir, monkeypatch):
+    """`make scifact`'s sharing: mine with --cache-dir, then evaluate the same model with the same cache_dir."""
+    from nlp_contrastive.evaluation import RetrievalEvaluator
+    from nlp_contrastive.evaluation.retrieval_data import load_beir_folder
+    from nlp_contrastive.modeling import Encoder
+
+    assert cli.main(_args(scifact_slice, tiny_model_dir, tmp_path / "o.jsonl", tmp_path / "cache")) == 0
+    encoded = []
+    real = embeddings.encode_chunk
+    monkeypatch.setattr(embeddings, "encode_chunk", lambda *a: encoded.append(1) or real(*a))
+    evaluator = RetrievalEvaluator(*load_beir_folder(scifact_slice, "train"), cache_dir=tmp_path / "cache",
+                                   corpus_chunk_size=400)
+    scores = evaluator(Encoder.from_pretrained(str(tiny_model_dir)))
+    assert encoded == [] and 0 <= scores["ndcg_at_10"] <= 1
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # one set of shards for both
