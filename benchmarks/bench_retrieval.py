@@ -19,6 +19,7 @@ evaluation always uses the full corpus. The machine may be shared: compare ratio
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -69,19 +70,18 @@ def child_mine_st(args) -> None:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
 
-    from nlp_contrastive.mining import _want_faiss, load_positives
+    from nlp_contrastive.retrieval.mining import load_positives
 
     data = load_positives(args.data, "train")
     model = SentenceTransformer(model_path(args), device="cpu")
     model.max_seq_length = args.max_seq_length
-    pairs = [(data.queries[q], data.corpus[d]) for q, docs in data.positives.items() for d in docs]
+    corpus = dict(zip(data.corpus.ids(0, len(data.corpus)), data.corpus.texts(0, len(data.corpus)), strict=True))
+    pairs = [(data.queries[q], corpus[d]) for q, docs in data.positives.items() for d in docs]
     ds = datasets.Dataset.from_dict({"query": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
-    from nlp_contrastive.mining import MiningOptions
-
-    mined = mine_hard_negatives(ds, model, corpus=list(data.corpus.values()), range_max=args.range_max,
+    mined = mine_hard_negatives(ds, model, corpus=list(corpus.values()), range_max=args.range_max,
                                 relative_margin=args.relative_margin, num_negatives=args.num_negatives,
                                 sampling_strategy=args.sampling, batch_size=args.batch_size,
-                                output_format="n-tuple", use_faiss=_want_faiss(MiningOptions()))
+                                output_format="n-tuple", use_faiss=importlib.util.find_spec("faiss") is not None)
     mined.to_json(args.out, lines=True)
 
 

@@ -142,9 +142,16 @@ def _plotter(folder: str):
 
 # ------------------------------------------------------------------------------------------------ mine
 def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
-    """`nlp-contrastive mine` flags (argparse)."""
-    from nlp_contrastive.mining import OUTPUT_FORMATS, SAMPLING, MiningOptions
+    """`nlp-contrastive mine` flags (argparse). Options named as in sentence-transformers' mine_hard_negatives mean
+    what they mean there (see nlp_contrastive.retrieval.mining)."""
+    from nlp_contrastive.retrieval.mining import OUTPUT_FORMATS, SAMPLING, SIMILARITIES, MiningOptions
+    from nlp_contrastive.retrieval.search import INDEXES, IndexOptions
 
+    parser.description = ("Mine hard negatives. --num-negatives, --range-min, --range-max, --absolute-margin, "
+                          "--relative-margin, --max-score, --min-score and --sampling (ST: sampling_strategy) mean "
+                          "what sentence-transformers' mine_hard_negatives means by them; a corpus entry equal to "
+                          "the query is never its negative. Run under `accelerate launch` with --cache-dir or "
+                          "--embeddings to split the corpus encoding over processes.")
     add = parser.add_argument
     add("--model", default=DEFAULT_MODEL, help=f"model folder or hub id (default: {DEFAULT_MODEL})")
     add("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv) or a pairs "
@@ -156,45 +163,66 @@ def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
         help="negatives: one row per (query, positive) with a negatives list and scores; triplets: one row per "
              "(query, positive, negative)")
     add("--num-negatives", type=int, default=MiningOptions.num_negatives)
-    add("--range-min", type=int, default=MiningOptions.range_min, help="skip this many top non-positive candidates")
-    add("--range-max", type=int, default=MiningOptions.range_max, help="consider candidates up to this rank")
-    add("--absolute-margin", type=float, help="keep a candidate only if score <= positive score - m")
+    add("--range-min", type=int, default=MiningOptions.range_min,
+        help="skip this many of the best candidates that survive the positive / margin / score filters (as ST)")
+    add("--range-max", type=int, default=MiningOptions.range_max,
+        help="keep survivors ranked below this; the search fetches range_max + most positives + 1 (as ST)")
+    add("--absolute-margin", type=float, help="keep a candidate only if score <= positive score - m (as ST)")
     add("--relative-margin", type=float,
-        help="keep a candidate only if score <= positive - |positive| x m (NV-Retriever TopK-PercPos: 0.05)")
-    add("--max-score", type=float)
-    add("--min-score", type=float)
-    add("--sampling", choices=SAMPLING, default="top", help="top: the best survivors; random: a seeded sample")
+        help="keep a candidate only if score <= positive - |positive| x m (as ST; NV-Retriever TopK-PercPos: 0.05)")
+    add("--max-score", type=float, help="drop candidates scoring above this (as ST)")
+    add("--min-score", type=float, help="drop candidates scoring below this (as ST)")
+    add("--sampling", choices=SAMPLING, default="top",
+        help="ST's sampling_strategy: top = the best survivors; random = a sample seeded by --seed")
     add("--seed", type=int, default=MiningOptions.seed)
+    add("--similarity", choices=SIMILARITIES,
+        help="score function (default: the model's similarity_fn_name, else cosine; on normalized embeddings, as ST)")
     add("--query-prompt", default="", help="prefix added to every query before encoding")
     add("--document-prompt", default="", help="prefix added to every document before encoding")
     add("--query-column", default="query", help="pairs file: the query column")
     add("--positive-column", default="positive", help="pairs file: the positive column")
     add("--batch-size", type=int, default=MiningOptions.batch_size)
     add("--corpus-chunk-size", type=int, default=MiningOptions.corpus_chunk_size,
-        help="documents encoded and searched at a time (bounds memory)")
-    add("--faiss", dest="use_faiss", choices=("auto", "true", "false"), default="auto",
-        help="faiss for the block search (auto: when installed; the numpy search is exact too)")
+        help="documents per embedding shard (bounds memory; the unit a rerun resumes from and processes split)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--cache-dir", help="keep the corpus embeddings under this folder, one subfolder per model + "
+                                           "texts + settings (evaluation with the same cache_dir reuses them)")
+    where.add_argument("--embeddings", help="keep the corpus embeddings in exactly this folder (resumed by a "
+                                            "rerun; refused if written by another model or setting)")
+    add("--embedding-dtype", choices=("float32", "float16"), default="float32", help="shard precision on disk")
+    add("--index", default="exact", help=f"search: {', '.join(INDEXES)} or a faiss index_factory string; an "
+                                         "approximate index prints its recall vs exact on sampled queries")
+    add("--nlist", type=int, help="IVF cells (default 4 x sqrt(documents))")
+    add("--nprobe", type=int, help="IVF cells searched per query (default nlist / 8, at least 16)")
+    add("--ef-search", type=int, help="HNSW efSearch (default max(4 x candidates, 128))")
+    add("--recall-sample", type=int, default=IndexOptions.recall_sample,
+        help="queries the approximate index's recall is measured on (0: skip)")
     add("--max-seq-length", type=int, help="truncate texts to this many tokens (default: the model's own)")
     add("--device", help="cpu, cuda, ... (default: cuda when available)")
 
 
 def run_mine(args: argparse.Namespace) -> int:
-    from nlp_contrastive.mining import (
+    from nlp_contrastive.retrieval.mining import (
         MiningOptions,
         load_positives,
         mine_hard_negatives,
         mined_rows,
+        saved_similarity,
         write_rows,
     )
+    from nlp_contrastive.retrieval.search import IndexOptions
 
+    state = _distributed_state()
     try:
         options = MiningOptions(
             num_negatives=args.num_negatives, range_min=args.range_min, range_max=args.range_max,
             absolute_margin=args.absolute_margin, relative_margin=args.relative_margin, max_score=args.max_score,
             min_score=args.min_score, sampling=args.sampling, seed=args.seed, query_prompt=args.query_prompt,
             document_prompt=args.document_prompt, batch_size=args.batch_size,
-            corpus_chunk_size=args.corpus_chunk_size,
-            use_faiss={"auto": None, "true": True, "false": False}[args.use_faiss])
+            corpus_chunk_size=args.corpus_chunk_size, similarity=args.similarity or saved_similarity(args.model),
+            embedding_dtype=args.embedding_dtype,
+            index=IndexOptions(index=args.index, nlist=args.nlist, nprobe=args.nprobe, ef_search=args.ef_search,
+                               recall_sample=args.recall_sample))
         if not Path(args.data).exists():
             raise FileNotFoundError(f"--data '{args.data}' does not exist: give a BEIR folder or a pairs file")
         check_writable(args.output, "--output", folder=False)
@@ -205,20 +233,35 @@ def run_mine(args: argparse.Namespace) -> int:
         encoder = _load_encoder(args.model, args.device)
         if args.max_seq_length:
             encoder.max_seq_length = args.max_seq_length
-        mined, stats = mine_hard_negatives(encoder, data, options)
+        mined, stats = mine_hard_negatives(encoder, data, options, cache_dir=args.cache_dir,
+                                           embeddings_dir=args.embeddings, show_progress=state == 0)
         rows = mined_rows(mined, args.output_format)
         if not rows:
             raise ValueError("no query kept any negative: loosen the margins / score filters or widen the range")
-        try:
-            write_rows(args.output, rows)
-        except OSError as exc:
-            raise OSError(f"could not write --output '{args.output}': {exc.strerror or exc}: free space or make "
-                          f"'{Path(args.output).parent}' writable, or choose another path") from exc
+        if state == 0:
+            try:
+                write_rows(args.output, rows)
+            except OSError as exc:
+                raise OSError(f"could not write --output '{args.output}': {exc.strerror or exc}: free space or make "
+                              f"'{Path(args.output).parent}' writable, or choose another path") from exc
     except (ValueError, FileNotFoundError, ImportError, OSError) as exc:
         print(f"nlp-contrastive mine: error: {exc}", file=sys.stderr)
         return 2
-    print(stats.summary(options.num_negatives), file=sys.stderr)
-    print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)
+    if state == 0:
+        print(stats.summary(options.num_negatives), file=sys.stderr)
+        print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _distributed_state() -> int:
+    """This process's rank under `accelerate launch` / torchrun (the gloo process group is set up here), else 0.
+    (accelerate's PartialState reports every CPU process as process 0 without GPUs.)"""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return dist.get_rank()
     return 0
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nlp_contrastive import cli
-from nlp_contrastive.mining import (
+from nlp_contrastive.retrieval.mining import (
     MiningOptions,
     RetrievalPositives,
     load_positives,
@@ -44,7 +44,6 @@ DATA = RetrievalPositives({"q1": "q"}, {f"id-{t}": t for t in SCORES}, {"q1": ["
 
 
 def _mine(data=DATA, encoder=ENCODER, **options):
-    options.setdefault("use_faiss", False)
     mined, stats = mine_hard_negatives(encoder, data, MiningOptions(**options), show_progress=False)
     return {m.query_id: m for m in mined}, stats
 
@@ -77,7 +76,15 @@ def test_absolute_margin_and_score_bounds():
 def test_rank_window_skips_the_top_non_positives():
     mined, stats = _mine(num_negatives=2, range_min=2, range_max=4)
     assert mined["q1"].negatives == ["n86", "n80"]  # ranks 2, 3 of above, n88, n86, n80, ...
-    assert stats.removed["rank_window"] == 2  # above, n88 skipped; nothing fetched beyond range_max + 1
+    # ST fetches range_max + 1 positive + 1 = 6 candidates: above, pos, n88, n86, n80, n70; n70 is rank 4
+    assert stats.removed["rank_window"] == 3 and stats.candidates_seen == 6
+
+
+def test_range_min_skips_survivors_of_the_margin_not_raw_candidates():
+    """sentence-transformers applies the margin first, then skips range_min of what is left."""
+    mined, stats = _mine(num_negatives=2, range_min=1, range_max=6, relative_margin=0.05)  # keep <= 0.855
+    assert mined["q1"].negatives == ["n70", "n50"]  # survivors n80, n70, n50: n80 skipped
+    assert stats.removed["relative_margin"] == 3 and stats.removed["rank_window"] == 1
 
 
 def test_random_sampling_is_seeded_inside_the_window():
@@ -157,7 +164,7 @@ def test_beir_loader_reads_crlf_and_lf_qrels_alike(tmp_path):
     crlf = load_positives(_beir(tmp_path / "crlf", QRELS, line_end="\r\n"), "train")
     lf = load_positives(_beir(tmp_path / "lf", QRELS), "train")
     assert crlf.positives == lf.positives == {"0": ["d1", "d2"], "1": ["d3"], "2": ["d5"]}  # rel 0 is no positive
-    assert crlf.corpus["d1"] == "T1 document number 1"  # title + " " + text, as MTEB
+    assert crlf.corpus.text_of(crlf.corpus.rows_of_ids(["d1"])) == {1: "T1 document number 1"}  # title + " " + text, as MTEB
     assert b"\r\n" in (tmp_path / "crlf" / "qrels" / "train.tsv").read_bytes()
 
 
@@ -170,7 +177,7 @@ def _run_cli(args, capsys):
     ("unknown_doc", r"qrels name 1 document id\(s\) that are not in the corpus \(e.g. 'd99'\)"),
     ("unknown_query", r"qrels name 1 query id\(s\) that are not in the queries \(e.g. '7'\)"),
     ("empty_corpus", r"corpus.jsonl is empty"),
-    ("blank_corpus", r"the corpus is empty"),
+    ("blank_corpus", r"corpus.jsonl holds no documents"),
     ("query_without_text", r"query '1' has no text"),
     ("too_many_negatives", r"num_negatives=9 exceeds the rank range \[0, 5\)"),
     ("missing_data", r"--data '.*nowhere' does not exist"),
@@ -211,8 +218,8 @@ def test_cli_mines_a_beir_folder_into_a_train_data_source(tmp_path, capsys, tiny
                           "--num-negatives", "3", "--range-min", "1", "--range-max", "6", "--sampling", "random",
                           "--query-prompt", "query: "], capsys)
     assert code == 0, err
-    # depth = range_max + the most positives of a query (2): 3 queries x 8 candidates
-    assert "candidates seen: 24" in err and "removed by positive_id:" in err
+    # depth = range_max + the most positives of a query (2) + 1, as sentence-transformers: 3 queries x 9 candidates
+    assert "candidates seen: 27" in err and "removed by positive_id:" in err
     assert "negatives per query: mean 3.00" in err and "mean positive score" in err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["query_id"] for r in rows] == ["0", "0", "1", "2"]
@@ -246,7 +253,7 @@ def _peak_extra_bytes(num_documents: int, dim: int = 384) -> int:
     tracemalloc.start()
     try:
         mined, _ = mine_hard_negatives(RandomEncoder(dim), data, MiningOptions(num_negatives=5, range_max=30,
-                                       corpus_chunk_size=8192, use_faiss=False), show_progress=False)
+                                       corpus_chunk_size=8192), show_progress=False)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -266,12 +273,14 @@ def test_exact_mining_memory_is_bounded_on_a_200k_corpus():
     assert large < 0.3 * all_embeddings, (small, large)
 
 
-def test_faiss_search_mines_the_same_negatives_when_installed():
-    pytest.importorskip("faiss", reason="faiss is not installed (pip install faiss-cpu): numpy search only")
+def test_a_faiss_index_mines_the_same_negatives_on_a_small_corpus():
+    pytest.importorskip("faiss", reason="faiss is not installed (pip install faiss-cpu): exact search only")
+    from nlp_contrastive.retrieval.search import IndexOptions
+
     options = {"num_negatives": 4, "range_min": 1, "range_max": 6, "relative_margin": 0.01}
     exact, _ = _mine(**options)
-    with_faiss, _ = _mine(**{**options, "use_faiss": True})
-    assert with_faiss["q1"].negatives == exact["q1"].negatives == ["n88", "n86", "n80", "n70"]
+    hnsw, _ = _mine(**options, index=IndexOptions(index="hnsw"))
+    assert hnsw["q1"].negatives == exact["q1"].negatives == ["n86", "n80", "n70", "n50"]
 
 
 def test_mined_file_trains_through_the_scifact_recipe(tmp_path, capsys, tiny_model_dir):
@@ -329,3 +338,45 @@ def test_a_query_whose_candidates_all_fail_the_filters_keeps_its_rows_without_ne
         [("q", "pos", [], ["pos"])]
     assert mined_rows(list(mined.values()), "triplets") == []
     assert "(1 none: kept with in-batch negatives only)" in stats.summary(2)
+
+
+# ------------------------------------------------------------------------------------------ vs sentence-transformers
+def _paraphrases(data_dir, count: int) -> list[tuple[str, str]]:
+    rows = [json.loads(line) for line in (data_dir / "msrp" / "test.jsonl").read_text().splitlines()]
+    pairs = [(r["sentence1"], r["sentence2"]) for r in rows if r["label"] == 1][:count]
+    return [p for a, b in pairs for p in ((a, b), (b, a))]  # both directions: each query is another's positive
+
+
+@pytest.mark.parametrize("options", [
+    {"num_negatives": 3, "range_max": 10},
+    {"num_negatives": 2, "range_min": 2, "range_max": 12, "relative_margin": 0.05},
+    {"num_negatives": 2, "range_min": 1, "range_max": 8, "absolute_margin": 0.02, "max_score": 0.9},
+])
+def test_same_negatives_as_sentence_transformers_on_paraphrases_in_both_directions(tmp_path, data_dir, minilm_path,
+                                                                                   options):
+    """The self-negative case: every query's text is in the corpus (as the positive of the reverse pair). ST
+    removes it; so must we. range_min counts survivors of the margins, as in ST. Both sides embed with the same
+    SentenceTransformer, so only the selection is compared."""
+    import datasets
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives as st_mine
+
+    pairs = _paraphrases(data_dir, 80)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in pairs))
+    model = SentenceTransformer(minilm_path, device="cpu")
+    model.max_seq_length = 64
+    mined, stats = mine_hard_negatives(model, load_positives(path, "train"), MiningOptions(**options),
+                                       show_progress=False)
+    ours = {(m.query, p): m.negatives for m in mined for p in m.positives}
+    assert stats.removed["query_text"] > 0.9 * len(pairs)  # nearly every query meets its own text near the top
+    assert all(query not in negatives for (query, _), negatives in ours.items())
+    ds = datasets.Dataset.from_dict({"query": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
+    theirs = st_mine(ds, model, output_format="n-tuple", batch_size=64, verbose=False, **options)
+    k = options["num_negatives"]
+    assert len(theirs) > 0.5 * len(pairs)
+    same = sum(ours[row["query"], row["positive"]] == [row[f"negative_{i}"] for i in range(1, k + 1)]
+               for row in theirs)
+    assert same == len(theirs)
+    # ST keeps only queries with k survivors; ours keeps the rest with fewer (same count of full ones)
+    assert sum(len(negatives) == k for negatives in ours.values()) == len(theirs)

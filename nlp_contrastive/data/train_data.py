@@ -135,7 +135,7 @@ def check_source_roles(roles: Sequence[Sequence[str]], *, one_source_per_batch: 
 def beir_pairs(source: str, split: str) -> datasets.Dataset:
     """A BEIR dataset's judged (query, relevant document) pairs of `split` as rows with columns query_id, query,
     positive, known_positives (map them: {anchor: query, positive: positive, known_positives: known_positives})."""
-    from nlp_contrastive.mining import beir_positives, positive_pairs
+    from nlp_contrastive.retrieval.mining import beir_positives, positive_pairs
 
     return datasets.Dataset.from_dict(positive_pairs(beir_positives(source, split)))
 

@@ -1,133 +1,42 @@
-"""Dense retrieval: exact top-k search over a corpus in bounded memory, scored with trec_eval metrics.
+"""Dense retrieval scored with trec_eval metrics, on the engine mining uses (nlp_contrastive.retrieval).
 
-`exact_top_k` never materialises the queries x corpus score matrix: it scores one
-(query chunk x corpus chunk) block at a time and merges each block's best k into a running top-k, so extra
-memory is O(query_chunk x corpus_chunk + queries x k) whatever the corpus size, and the corpus itself can
-arrive chunk by chunk (the evaluator encodes it that way). Results are exact — the same documents a full
-sort gives, up to the order of exactly tied scores. faiss (IndexFlatIP-style exact kNN) can do the block
-search when installed and asked for (`use_faiss=True`); the merge is the same.
+The corpus is encoded chunk by chunk (`retrieval.embeddings`): in memory by default, or into on-disk shards
+under `cache_dir` — then a corpus bigger than memory is evaluated out of core, the shards are reused by any
+later run of the same model on the same texts (mining writes the same shards), and under accelerate /
+torch.distributed every process encodes its share of the chunks. Search is the exact blocked top-k
+(`retrieval.search.exact_top_k`, re-exported here) or a faiss index with its recall printed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-
-import numpy as np
+from contextlib import ExitStack
+from pathlib import Path
 
 from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
 from nlp_contrastive.evaluation.inputs import check_texts
 from nlp_contrastive.evaluation.ranking_metrics import DEFAULT_CUTOFFS, check_qrels, ranking_metrics
-
-SEARCH_SIMILARITIES = ("cosine", "dot")
-
-
-class RunningTopK:
-    """The best k (score, corpus index) per query seen so far, updated block by block."""
-
-    def __init__(self, num_queries: int, k: int) -> None:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        self.k = k
-        self.scores = np.full((num_queries, k), -np.inf, dtype=np.float32)
-        self.indices = np.full((num_queries, k), -1, dtype=np.int64)
-        self.seen = 0  # corpus rows merged so far
-
-    def update(self, rows: slice, block_scores: np.ndarray, block_indices: np.ndarray) -> None:
-        """Merge candidates [len(rows), m] (scores and global corpus indices) into the running top-k."""
-        scores = np.concatenate([self.scores[rows], block_scores.astype(np.float32, copy=False)], axis=1)
-        indices = np.concatenate([self.indices[rows], block_indices], axis=1)
-        keep = np.argpartition(scores, -self.k, axis=1)[:, -self.k:]
-        self.scores[rows] = np.take_along_axis(scores, keep, axis=1)
-        self.indices[rows] = np.take_along_axis(indices, keep, axis=1)
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, indices) [num_queries, min(k, corpus size)], best first (ties: lower index first)."""
-        order = np.lexsort((self.indices, -self.scores), axis=1)
-        scores = np.take_along_axis(self.scores, order, axis=1)
-        indices = np.take_along_axis(self.indices, order, axis=1)
-        width = min(self.k, self.seen)
-        return scores[:, :width], indices[:, :width]
-
-
-def _block_top_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (unordered) column indices and scores of each row of a score block."""
-    if block.shape[1] <= k:
-        cols = np.broadcast_to(np.arange(block.shape[1]), block.shape)
-        return block, cols
-    cols = np.argpartition(block, -k, axis=1)[:, -k:]
-    return np.take_along_axis(block, cols, axis=1), cols
-
-
-def _normalized(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
-def exact_top_k(
-    queries: np.ndarray,
-    corpus: np.ndarray | Iterable[np.ndarray],
-    k: int,
-    *,
-    similarity: str = "cosine",
-    query_chunk_size: int = 256,
-    corpus_chunk_size: int = 8192,
-    use_faiss: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k corpus rows per query: (scores, indices), each [num_queries, min(k, corpus size)].
-
-    `corpus` is an array (split into `corpus_chunk_size` row blocks) or an iterable of arrays (used as the
-    blocks, e.g. embeddings computed chunk by chunk). Peak extra memory is about
-    20 bytes x query_chunk_size x corpus_chunk_size (float32 scores, int64 argpartition indices and numpy's
-    work copy; ~45 MB at the defaults) plus the running top-k — independent of the corpus size.
-    """
-    if similarity not in SEARCH_SIMILARITIES:
-        raise ValueError(f"similarity '{similarity}' is not supported for search: use one of {SEARCH_SIMILARITIES}")
-    queries = np.asarray(queries, dtype=np.float32)
-    if similarity == "cosine":
-        queries = _normalized(queries)
-    if isinstance(corpus, np.ndarray):
-        chunks: Iterable[np.ndarray] = (corpus[i:i + corpus_chunk_size] for i in range(0, len(corpus), corpus_chunk_size))
-    else:
-        chunks = corpus
-    faiss = _import_faiss() if use_faiss else None
-    top = RunningTopK(len(queries), k)
-    for chunk in chunks:
-        chunk = np.asarray(chunk, dtype=np.float32)
-        if similarity == "cosine":
-            chunk = _normalized(chunk)
-        if chunk.ndim != 2 or chunk.shape[1] != queries.shape[1]:
-            raise ValueError(f"corpus chunk has shape {chunk.shape} but queries have dimension {queries.shape[1]}: "
-                             "encode queries and corpus with the same model")
-        offset = top.seen
-        for start in range(0, len(queries), query_chunk_size):
-            rows = slice(start, start + query_chunk_size)
-            if faiss is not None:
-                scores, cols = faiss.knn(np.ascontiguousarray(queries[rows]), np.ascontiguousarray(chunk),
-                                         min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
-            else:
-                scores, cols = _block_top_k(queries[rows] @ chunk.T, k)
-            top.update(rows, scores, cols + offset)
-        top.seen += len(chunk)
-    return top.result()
-
-
-def _import_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise ImportError("use_faiss=True needs faiss: pip install faiss-cpu (or drop use_faiss; the numpy "
-                          "search is exact too)") from None
-    return faiss
+from nlp_contrastive.retrieval.corpus import MemoryCorpus
+from nlp_contrastive.retrieval.embeddings import DEFAULT_CHUNK_SIZE, encode_corpus, temporary_folder
+from nlp_contrastive.retrieval.search import (  # noqa: F401  (exact_top_k, RunningTopK: public here before)
+    SEARCH_SIMILARITIES,
+    IndexOptions,
+    RunningTopK,
+    exact_top_k,
+    search_shards,
+)
 
 
 class RetrievalEvaluator(Evaluator):
     """nDCG@10, MRR@10, MAP@100, Recall@{1,10,100} of exact dense retrieval; primary `ndcg_at_10`.
 
     Only queries that appear in the qrels are encoded and scored (as MTEB does for a split). The corpus is
-    encoded `corpus_chunk_size` documents at a time and merged into the running top-k, so neither its
-    embeddings nor the score matrix are ever held whole. `ignore_identical_ids=True` drops a retrieved
-    document whose id equals the query id (MTEB's option of that name, for corpora that contain the queries);
-    one extra document is searched so the run still holds k documents per query.
+    encoded `corpus_chunk_size` documents at a time and merged into the running top-k, so the score matrix is
+    never held whole; with `cache_dir` the embeddings are not either (on-disk shards, see the module
+    docstring). `index` picks exact search (default) or a faiss index (retrieval.search.IndexOptions).
+    `ignore_identical_ids=True` drops a retrieved document whose id equals the query id (MTEB's option of that
+    name, for corpora that contain the queries); one extra document is searched so the run still holds k
+    documents per query. `with_corpus_subset` makes a cheaper copy for evaluation during training.
     """
 
     primary_metric = "ndcg_at_10"
@@ -142,9 +51,11 @@ class RetrievalEvaluator(Evaluator):
         batch_size: int = DEFAULT_BATCH_SIZE,
         similarity: str = "cosine",
         cutoffs: Mapping[str, Iterable[int]] = DEFAULT_CUTOFFS,
-        corpus_chunk_size: int = 50_000,
+        corpus_chunk_size: int = DEFAULT_CHUNK_SIZE,
         use_faiss: bool = False,
         ignore_identical_ids: bool = False,
+        cache_dir: str | Path | None = None,
+        index: IndexOptions | str = "exact",
     ) -> None:
         if similarity not in SEARCH_SIMILARITIES:
             raise ValueError(f"{name}: similarity '{similarity}' is not supported: use one of {SEARCH_SIMILARITIES}")
@@ -168,32 +79,72 @@ class RetrievalEvaluator(Evaluator):
         self.corpus_chunk_size = corpus_chunk_size
         self.use_faiss = use_faiss
         self.ignore_identical_ids = bool(ignore_identical_ids)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.index = IndexOptions(index=index) if isinstance(index, str) else index
+        if self.index.index != "exact" and similarity != "cosine":
+            raise ValueError(f"{name}: approximate search ranks by cosine; similarity '{similarity}' needs index exact")
+        self.subset_note: dict[str, float] = {}
+        self._corpus = MemoryCorpus(self.corpus, source=f"{name} corpus")
         first = "ndcg" if "ndcg" in self.cutoffs else next(iter(self.cutoffs))
         self.primary_metric = f"{first}_at_{self.cutoffs[first][0]}"
 
     def predict(self, encoder) -> dict[str, dict[str, float]]:
         """The run: {query id: {doc id: score}} with the top k documents of each query."""
         (query_embeddings,) = self.encode_roles(encoder, [("query", [self.queries[q] for q in self.query_ids])])
-
-        def corpus_chunks():
-            for start in range(0, len(self.doc_ids), self.corpus_chunk_size):
-                texts = [self.corpus[d] for d in self.doc_ids[start:start + self.corpus_chunk_size]]
-                yield self.encode_roles(encoder, [("document", texts)])[0]
-
         k = self.k + 1 if self.ignore_identical_ids else self.k
-        scores, indices = exact_top_k(query_embeddings, corpus_chunks(), k, similarity=self.similarity,
-                                      use_faiss=self.use_faiss)
+        with ExitStack() as scratch:
+            shards = self.encode_corpus(encoder, None if self.cache_dir else scratch.enter_context(temporary_folder()))
+            if self.index.index == "exact":
+                scores, indices = exact_top_k(query_embeddings, shards.blocks(self.truncate_dim), k,
+                                              similarity=self.similarity, use_faiss=self.use_faiss)
+            else:
+                scores, indices, _ = search_shards(query_embeddings, shards, k, self.index,
+                                                   truncate_dim=self.truncate_dim)
         run = {}
         for query, row_scores, row_indices in zip(self.query_ids, scores, indices, strict=True):
-            ranked = [(self.doc_ids[j], float(s)) for s, j in zip(row_scores, row_indices, strict=True)]
+            ranked = [(self.doc_ids[j], float(s)) for s, j in zip(row_scores, row_indices, strict=True) if j >= 0]
             if self.ignore_identical_ids:
                 ranked = [(doc, s) for doc, s in ranked if doc != query][:self.k]
             run[query] = dict(ranked)
         return run
 
+    def encode_corpus(self, encoder, scratch: Path | None = None):
+        """The corpus's embedding shards under cache_dir (kept: reused and resumed) or in `scratch` (a temporary
+        folder); under several processes each encodes its share of the chunks."""
+        return encode_corpus(encoder, self._corpus, cache_dir=self.cache_dir, folder=scratch,
+                             model_key="scratch" if scratch else None, chunk_size=self.corpus_chunk_size,
+                             batch_size=self.batch_size, prompt=self.prompts.get("document") or "",
+                             show_progress=False)
+
+    def with_corpus_subset(self, starting_encoder, top_n: int) -> RetrievalEvaluator:
+        """A copy whose corpus is every judged document plus each query's top `top_n` under `starting_encoder`.
+
+        Cheap evaluation during training: the documents the model could plausibly move into the top 10 are kept,
+        the rest of the corpus is not re-encoded at every evaluation. Deterministic (exact search, ties by corpus
+        order); the scores carry `corpus_documents` and `corpus_subset_top_n` so a number is never mistaken for
+        a full-corpus one.
+        """
+        if top_n < 1:
+            raise ValueError(f"{self.name}: the corpus subset's top_n must be >= 1, got {top_n}")
+        k_before = self.k
+        self.k = top_n
+        try:
+            run = self.predict(starting_encoder)
+        finally:
+            self.k = k_before
+        keep = {d for judged in self.qrels.values() for d in judged} | {d for docs in run.values() for d in docs}
+        subset = RetrievalEvaluator(
+            self.queries, {d: self.corpus[d] for d in self.doc_ids if d in keep}, self.qrels, name=self.name,
+            batch_size=self.batch_size, similarity=self.similarity, cutoffs=self.cutoffs,
+            corpus_chunk_size=self.corpus_chunk_size, use_faiss=self.use_faiss,
+            ignore_identical_ids=self.ignore_identical_ids, cache_dir=self.cache_dir, index=self.index)
+        subset.truncate_dim, subset.prompts = self.truncate_dim, self.prompts
+        subset.subset_note = {"corpus_documents": float(len(subset.doc_ids)), "corpus_subset_top_n": float(top_n)}
+        return subset
+
     def score(self, predictions: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
         metrics = ranking_metrics(predictions, self.qrels, self.cutoffs)
-        return {self.primary_metric: metrics.pop(self.primary_metric), **metrics}
+        return {self.primary_metric: metrics.pop(self.primary_metric), **metrics, **self.subset_note}
 
 
 def _check_ids(task: str, kind: str, wanted: Iterable[str], available: Mapping[str, str], where: str) -> None:

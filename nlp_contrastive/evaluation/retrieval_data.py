@@ -25,15 +25,21 @@ Qrels = dict[str, dict[str, int]]
 
 
 def load_beir_folder(folder: str | Path, split: str) -> tuple[Queries, Corpus, Qrels]:
+    queries, qrels = read_beir_queries_qrels(folder, split)
+    corpus = beir_corpus(_read_jsonl(Path(folder) / "corpus.jsonl"), source=str(Path(folder) / "corpus.jsonl"))
+    return queries, corpus, qrels
+
+
+def read_beir_queries_qrels(folder: str | Path, split: str) -> tuple[Queries, Qrels]:
+    """The queries and one split's qrels of a BEIR folder (the corpus is read separately: it may be huge)."""
     folder = Path(folder)
     qrels_file = folder / "qrels" / f"{split}.tsv"
     for needed in (folder / "queries.jsonl", qrels_file):
         if not needed.is_file():
             raise FileNotFoundError(f"BEIR folder {folder} has no {needed.relative_to(folder)}: expected corpus.jsonl, "
                                     f"queries.jsonl and qrels/{split}.tsv")
-    corpus = beir_corpus(_read_jsonl(folder / "corpus.jsonl"), source=str(folder / "corpus.jsonl"))
     queries = {str(row["_id"]): row.get("text") for row in _read_jsonl(folder / "queries.jsonl", ("_id", "text"))}
-    return queries, corpus, read_qrels_tsv(qrels_file)
+    return queries, read_qrels_tsv(qrels_file)
 
 
 def load_beir(source: str, split: str) -> tuple[Queries, Corpus, Qrels]:

@@ -169,3 +169,95 @@ def test_pairs_layout_pools_candidates(tmp_path, jsonl, table_encoder):
     assert [evaluator.queries[q] for q in evaluator.query_ids] == ["q1", "q2"]  # q3 has no relevant answer
     encoder = table_encoder({"q1": [1, 0], "q2": [0, 1], "d1": [1, 0.1], "d2": [0.9, 0.5], "d3": [0.1, 1]})
     assert evaluator(encoder)["mrr_at_10"] == pytest.approx((1 / 2 + 1) / 2)
+
+
+# ------------------------------------------------------------------------------------------ out of core
+@pytest.fixture(scope="module")
+def scifact(data_dir):
+    from nlp_contrastive.evaluation.retrieval_data import load_beir_folder
+
+    return load_beir_folder(data_dir / "scifact", "test")
+
+
+def test_out_of_core_scifact_equals_the_in_memory_search_for_every_metric(tmp_path, scifact, tiny_encoder):
+    """SciFact test (300 claims, 5,183 abstracts): shards of 700 documents on disk vs the whole corpus embedded in
+    one array and searched at once; then a second evaluation reads the shards instead of encoding."""
+    from nlp_contrastive.evaluation.embedding import encode
+
+    queries, corpus, qrels = scifact
+    evaluator = RetrievalEvaluator(queries, corpus, qrels, corpus_chunk_size=700, cache_dir=tmp_path / "cache")
+    out_of_core = evaluator(tiny_encoder)
+    q = encode(tiny_encoder, [evaluator.queries[i] for i in evaluator.query_ids], 64)
+    d = encode(tiny_encoder, [corpus[i] for i in evaluator.doc_ids], 64)
+    scores, indices = exact_top_k(q, d, evaluator.k)
+    in_memory = evaluator.score({query: {evaluator.doc_ids[j]: float(s) for s, j in zip(row_s, row_i, strict=True)}
+                                 for query, row_s, row_i in zip(evaluator.query_ids, scores, indices, strict=True)})
+    assert out_of_core.keys() == in_memory.keys() and len(out_of_core) >= 6
+    for metric, value in in_memory.items():
+        assert out_of_core[metric] == pytest.approx(value, abs=1e-6), metric
+    shards = list((tmp_path / "cache").glob("*/shard-*.npz"))
+    assert len(shards) == 8
+    before = {p: p.stat().st_mtime_ns for p in shards}
+    assert evaluator(tiny_encoder) == out_of_core  # the shards are read, not written again
+    assert {p: p.stat().st_mtime_ns for p in shards} == before
+
+
+def test_corpus_subset_keeps_judged_documents_and_the_starting_models_top_n(tmp_path, scifact, tiny_encoder):
+    queries, corpus, qrels = scifact
+    full = RetrievalEvaluator(queries, corpus, qrels, corpus_chunk_size=2000, cache_dir=tmp_path)  # encoded once
+    subset = full.with_corpus_subset(tiny_encoder, top_n=20)
+    again = full.with_corpus_subset(tiny_encoder, top_n=20)
+    judged = {d for judged in qrels.values() for d in judged}
+    assert judged <= set(subset.doc_ids) and len(subset.doc_ids) < len(corpus) and subset.doc_ids == again.doc_ids
+    run = full.predict(tiny_encoder)
+    assert {d for docs in run.values() for d in list(docs)[:20]} <= set(subset.doc_ids)
+    scores = subset(tiny_encoder)
+    assert scores["corpus_documents"] == len(subset.doc_ids) and scores["corpus_subset_top_n"] == 20
+    assert "corpus_documents" not in full.score(run)
+
+
+WORKER = '''
+import json, sys
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[2])
+from tests.conftest import make_tiny_encoder
+from nlp_contrastive.evaluation import RetrievalEvaluator
+from nlp_contrastive.retrieval import embeddings
+
+dist.init_process_group("gloo")
+encoded = []
+real = embeddings.encode_chunk
+embeddings.encode_chunk = lambda encoder, corpus, rows, *a: encoded.append(rows.start) or real(encoder, corpus, rows, *a)
+corpus = {f"d{i}": f"document {i} on topic {i % 9} with word {i * 7 % 13}" for i in range(300)}
+queries = {f"q{i}": f"topic {i % 9} word {i % 13}" for i in range(40)}
+qrels = {f"q{i}": {f"d{(i * 11) % 300}": 1} for i in range(40)}
+scores = RetrievalEvaluator(queries, corpus, qrels, corpus_chunk_size=64)(make_tiny_encoder())
+with open(f"{sys.argv[1]}.{dist.get_rank()}", "w") as f:
+    json.dump({"scores": scores, "encoded": encoded}, f)
+'''
+
+
+def test_two_processes_split_the_corpus_encoding_and_agree_with_one(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, TWO_PROCESSES
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([*TWO_PROCESSES, str(script), str(tmp_path / "out"), str(REPO_ROOT)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "single"), str(REPO_ROOT)],
+                         env={**env, "WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                              "MASTER_PORT": "29533"}, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{r}").read_text()) for r in (0, 1)]
+    single = json.loads((tmp_path / "single.0").read_text())
+    assert ranks[0]["encoded"] == [0, 128, 256] and ranks[1]["encoded"] == [64, 192]  # each its share
+    assert single["encoded"] == [0, 64, 128, 192, 256]
+    for rank in ranks:
+        assert rank["scores"] == pytest.approx(single["scores"], abs=1e-6)
