@@ -51,6 +51,14 @@ def dropout_model_dir(tmp_path):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def module_tiny_dir(tmp_path_factory):
+    """A tiny random encoder saved once per test module: the start of its module-scoped multi-process runs."""
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    make_tiny_encoder().save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path):
     """A tiny random encoder saved in sentence-transformers format."""

@@ -18,7 +18,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.collective_rule_worker import cases, train_with_trainer
-from tests.conftest import REPO_ROOT, TWO_PROCESSES, make_tiny_encoder
+from tests.conftest import REPO_ROOT, TWO_PROCESSES
 from tests.test_ddp_training import subprocess_env
 from tests.test_trainer_distributed import assert_same_update, update
 
@@ -26,16 +26,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    make_tiny_encoder().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def worker_output(tmp_path_factory, model_dir):
+def worker_output(tmp_path_factory, module_tiny_dir):
     out = tmp_path_factory.mktemp("rule")
-    proc = subprocess.run([*TWO_PROCESSES, "-m", "tests.collective_rule_worker", str(out), str(model_dir)],
+    proc = subprocess.run([*TWO_PROCESSES, "-m", "tests.collective_rule_worker", str(out), str(module_tiny_dir)],
                           capture_output=True, text=True, timeout=400, cwd=REPO_ROOT, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
@@ -61,11 +54,11 @@ def test_the_cases_cover_unequal_ranks():
 
 
 @pytest.mark.parametrize("run", ["plain", "cached"])
-def test_trainer_with_broadcast_buffers_and_unequal_ranks_equals_one_process(worker_output, model_dir, tmp_path, run):
+def test_trainer_with_broadcast_buffers_and_unequal_ranks_equals_one_process(worker_output, module_tiny_dir, tmp_path, run):
     """ContrastiveTrainer, ddp_broadcast_buffers: true, one forward per role, rank 0 with hard negatives and short
     texts, rank 1 without and long, a 2-row last step: the weights of one process on the whole batches."""
-    initial = load_file(model_dir / "model.safetensors")
-    train_with_trainer(str(model_dir), tmp_path / "one", rank=None, cached=False)
+    initial = load_file(module_tiny_dir / "model.safetensors")
+    train_with_trainer(str(module_tiny_dir), tmp_path / "one", rank=None, cached=False)
     reference = update(tmp_path / "one", initial)
     assert reference.norm() > 1e-3, "training did not move the weights"
     assert_same_update(worker_output / f"trainer-{run}", reference, initial)

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from nlp_contrastive.train import train
-from tests.conftest import REPO_ROOT, make_tiny_encoder
+from tests.conftest import REPO_ROOT
 from tests.engine_train import INFONCE, common, infonce, launch
 from tests.test_trainer_distributed import assert_same_update, update
 
@@ -53,19 +53,11 @@ def loss_values(folder) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """The tiny random encoder every run starts from (saved once for the module)."""
-    path = tmp_path_factory.mktemp("deepspeed") / "tiny"
-    make_tiny_encoder().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def one_process(tiny_dir, tmp_path_factory, data_dir):
+def one_process(module_tiny_dir, tmp_path_factory, data_dir):
     """The weight update of one process on the global batch of 16 (same batches, same steps)."""
     out = tmp_path_factory.mktemp("single") / "run"
-    assert train(INFONCE, infonce(tiny_dir, out, "--per_device_train_batch_size", "16", "--cached", "false")) == 0
-    reference = update(out, weights(tiny_dir))
+    assert train(INFONCE, infonce(module_tiny_dir, out, "--per_device_train_batch_size", "16", "--cached", "false")) == 0
+    reference = update(out, weights(module_tiny_dir))
     assert reference.norm() > 1e-2, "training did not move the weights"
     return reference, final_score(out)
 
@@ -75,15 +67,15 @@ def final_score(folder) -> float:
 
 
 @pytest.fixture(scope="module", params=[1, 2, 3], ids=lambda stage: f"zero{stage}")
-def stage_runs(request, tiny_dir, tmp_path_factory, data_dir):
+def stage_runs(request, module_tiny_dir, tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp(f"zero{request.param}")
-    plan = [{"recipe": INFONCE, "args": infonce(tiny_dir, root / "plain", "--cached", "false")},
-            {"recipe": INFONCE, "args": infonce(tiny_dir, root / "cached", "--cached", "true",
+    plan = [{"recipe": INFONCE, "args": infonce(module_tiny_dir, root / "plain", "--cached", "false")},
+            {"recipe": INFONCE, "args": infonce(module_tiny_dir, root / "cached", "--cached", "true",
                                                 "--cache_mini_batch_size", "3")},
-            {"recipe": INFONCE, "args": infonce(tiny_dir, root / "cached-checkpointing", "--cached", "true",
+            {"recipe": INFONCE, "args": infonce(module_tiny_dir, root / "cached-checkpointing", "--cached", "true",
                                                 "--cache_mini_batch_size", "3", "--activation_checkpointing", "true")},
-            {"recipe": LOGLOSS, "args": logloss(tiny_dir, root / "straight")},
-            {"recipe": LOGLOSS, "args": logloss(tiny_dir, root / "resumed", "--resume_from_checkpoint",
+            {"recipe": LOGLOSS, "args": logloss(module_tiny_dir, root / "straight")},
+            {"recipe": LOGLOSS, "args": logloss(module_tiny_dir, root / "resumed", "--resume_from_checkpoint",
                                                 str(root / "straight" / "checkpoint-2"))}]
     config = REPO_ROOT / "recipes" / "accelerate" / f"deepspeed-zero{request.param}.yaml"
     proc = launch(["--config_file", str(config), "--mixed_precision", "no"], plan, root)
@@ -93,20 +85,20 @@ def stage_runs(request, tiny_dir, tmp_path_factory, data_dir):
 
 
 @pytest.mark.parametrize("run", ["plain", "cached", "cached-checkpointing"])
-def test_zero_stage_trains_to_the_one_process_weights(stage_runs, one_process, tiny_dir, run):
+def test_zero_stage_trains_to_the_one_process_weights(stage_runs, one_process, module_tiny_dir, run):
     reference, score = one_process
-    assert_same_update(stage_runs / run, reference, weights(tiny_dir))
+    assert_same_update(stage_runs / run, reference, weights(module_tiny_dir))
     assert final_score(stage_runs / run) == pytest.approx(score, abs=1e-4)  # the full model was evaluated
     checkpointing = json.loads((stage_runs / run / "run-rank0.json").read_text())["activation_checkpointing"]
     assert checkpointing == run.endswith("checkpointing")
 
-def test_zero_stage_saves_a_full_sentence_transformers_folder(stage_runs, tiny_dir):
+def test_zero_stage_saves_a_full_sentence_transformers_folder(stage_runs, module_tiny_dir):
     from sentence_transformers import SentenceTransformer
 
     from nlp_contrastive.modeling import Encoder
 
     folder = stage_runs / "plain"
-    update(folder, weights(tiny_dir))  # every key, full shapes
+    update(folder, weights(module_tiny_dir))  # every key, full shapes
     texts = ["a cat sits on the mat", "stocks fell sharply on monday"]
     ours = Encoder.from_pretrained(folder).encode(texts, convert_to="torch")
     theirs = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_tensor=True)
@@ -114,7 +106,7 @@ def test_zero_stage_saves_a_full_sentence_transformers_folder(stage_runs, tiny_d
     assert torch.nn.functional.cosine_similarity(ours, theirs.to(ours.dtype)).min() > 0.99999
 
 
-def test_zero_stage_resumes_to_the_uninterrupted_weights_and_loss_parameters(stage_runs, tiny_dir):
+def test_zero_stage_resumes_to_the_uninterrupted_weights_and_loss_parameters(stage_runs, module_tiny_dir):
     straight, resumed = stage_runs / "straight", stage_runs / "resumed"
     saved = load_file(straight / "checkpoint-2" / "loss_parameters.safetensors")
     assert saved["bias"].item() != pytest.approx(-15.0), "the loss parameters did not train"
@@ -125,6 +117,6 @@ def test_zero_stage_resumes_to_the_uninterrupted_weights_and_loss_parameters(sta
     for name, value in ends[0].items():
         assert resumed_ends[0][name] == pytest.approx(value, abs=1e-6), name
     expected = weights(straight)
-    assert any(not torch.equal(expected[k], weights(tiny_dir)[k]) for k in expected)
+    assert any(not torch.equal(expected[k], weights(module_tiny_dir)[k]) for k in expected)
     for name, tensor in weights(resumed).items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6, msg=name)

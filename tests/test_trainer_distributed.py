@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO_ROOT, make_tiny_encoder
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -59,21 +59,14 @@ def assert_same_update(run_dir, reference: torch.Tensor, initial) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    make_tiny_encoder().save_pretrained(path)
-    return path
+def initial(module_tiny_dir):
+    return load_file(module_tiny_dir / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
-def initial(tiny_dir):
-    return load_file(tiny_dir / "model.safetensors")
-
-
-@pytest.fixture(scope="module")
-def ddp_reference(tiny_dir, tmp_path_factory, initial, data_dir):
+def ddp_reference(module_tiny_dir, tmp_path_factory, initial, data_dir):
     out = tmp_path_factory.mktemp("ddp") / "run"
-    proc = launch(DDP, tiny_dir, out, "--cached", "false")
+    proc = launch(DDP, module_tiny_dir, out, "--cached", "false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "terminate called" not in proc.stderr, proc.stderr[-3000:]
     reference = update(out, initial)
@@ -81,8 +74,8 @@ def ddp_reference(tiny_dir, tmp_path_factory, initial, data_dir):
     return reference
 
 
-def test_gradcache_ddp_gradient_accumulation_equals_uncached(tiny_dir, tmp_path, initial, ddp_reference):
-    proc = launch(DDP, tiny_dir, tmp_path / "cached", "--cached", "true")
+def test_gradcache_ddp_gradient_accumulation_equals_uncached(module_tiny_dir, tmp_path, initial, ddp_reference):
+    proc = launch(DDP, module_tiny_dir, tmp_path / "cached", "--cached", "true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "terminate called" not in proc.stderr, "a rank aborted at exit: was the process group destroyed?"
     assert_same_update(tmp_path / "cached", ddp_reference, initial)
