@@ -326,7 +326,7 @@ def mining_world(tmp_path_factory):
     make_tiny_encoder().save_pretrained(model)
     folder = _big_beir(root / "beir")
     args = ["mine", "--model", str(model), "--data", str(folder), "--corpus-chunk-size", "500", "--range-max", "20",
-            "--sampling", "random", "--seed", "7", "--faiss", "false"]
+            "--sampling", "random", "--seed", "7", "--index", "exact"]
     reference = root / "reference.jsonl"
     assert cli_main([*args, "--output", str(reference)]) == 0
     return args, reference
@@ -342,7 +342,7 @@ def test_interrupted_mining_leaves_no_output_and_the_rerun_gives_the_uninterrupt
     env = os.environ | {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "nlp_contrastive.cli", *args, "--output", str(out)], env=env,
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = kill_when(proc, r"Mining: corpus:\s+\d+%\|[^|]*\| [1-9]\d*/15000", sig)
+    err = kill_when(proc, r"Encoding corpus chunks:\s+\d+%\|[^|]*\| [1-9]\d*/30", sig)  # 500-document chunks
     assert proc.returncode == -sig, err[-2000:]
     assert "wrote" not in err, "the run finished before the signal"
     assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir())), "partial output left"

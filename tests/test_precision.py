@@ -122,14 +122,18 @@ def test_precision_is_recorded_in_the_run_record_and_the_model_card(cpu_flags, t
     assert "- Precision: fp32 (auto: CPU (AVX2) has no avx512_bf16/amx_bf16" in card
 
 
-def test_every_shipped_recipe_says_auto_and_trains_fp32_on_an_avx2_cpu(cpu_flags):
+def test_every_shipped_recipe_says_auto_and_trains_fp32_on_an_avx2_cpu(cpu_flags, tmp_path):
     from tests.conftest import REPO_ROOT
 
     cpu_flags(AVX2_ONLY)
     recipes = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
     assert recipes
+    shard = tmp_path / "shard-0.jsonl"  # a streamed recipe's shards are written by a command before it runs
+    shard.write_text('{"anchor": "a cat", "positive": "a small cat"}\n')
+    streamed = ["--train_data", f"[{{dataset: '{shard}', columns: {{anchor: anchor, positive: positive}}, "
+                "streaming: true}]"]
     for path in recipes:
-        recipe = load_recipe(str(path))
+        recipe = load_recipe(str(path), streamed if "streaming" in path.name else None)
         assert recipe.precision.requested == "auto" and recipe.training.bf16 is False, path.name
 
 
