@@ -57,31 +57,11 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     loss = build_recipe_loss(recipe)  # one loss, or one per train_data source (losses.build.SourceLosses)
     encoder.matryoshka_dims = check_matryoshka_dims(loss, encoder.dimension)
     encoder.prompts.update(saved_prompts(recipe.data.prompts))
-    if recipe.data.streams():  # read, batched and tokenized on the fly (nlp_contrastive.data.streaming)
+    streamed = recipe.data.streams()  # read, batched and tokenized on the fly (nlp_contrastive.data.streaming)
+    if streamed:
         train_ds, sources, batch_sampler_factory = _streamed_train_data(recipe, encoder), [], None
     else:
-        sources = train_data.build_train_sources(  # prompt token counts go with the texts if pooling leaves them out
-            recipe.data.train_data, prompts=recipe.data.prompts,
-            prompt_length=None if encoder.include_prompt else encoder.prompt_length)
-        multi = recipe.data.multi_dataset_sampling
-        train_ds = train_data.concatenate(sources, max_rows=recipe.data.max_train_rows, keep_sources=multi is not None)
-        train_ds = teacher.prepare_teacher_embeddings(train_ds, recipe.loss.teacher, student_dim=encoder.dimension,
-                                                      student=recipe.model.model_name_or_path,
-                                                      max_seq_length=encoder.max_seq_length,
-                                                      main_process_first=args.main_process_first)
-        train_ds = loading.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
-                                          num_proc=recipe.data.tokenize_num_proc)
-        batch_sampler_factory = multi_dataset.batch_sampler_factory(recipe.data.batch_sampler, multi,
-                                                                    source_weights=recipe.data.source_weights,
-                                                                    sampling_temperature=recipe.data.sampling_temperature)
-        if args.should_log:  # the sampler built here is the one the trainer gets from the factory
-            # train_batch_size: per device x GPUs of this process (nn.DataParallel, several GPUs without a launcher),
-            # the batch the Trainer's own loader and its sampler are built with.
-            batches = sampling.batches_per_epoch(batch_sampler_factory, train_ds, args.train_batch_size, args)
-            source_rows = list(np.bincount(train_ds[SOURCE_COLUMN][:], minlength=len(sources))) if multi else None
-            config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
-                                                                 train_data.hard_negatives_per_row(train_ds),
-                                                                 source_rows=source_rows))
+        train_ds, sources, batch_sampler_factory = _in_memory_train_data(recipe, encoder)
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
     trainer = ContrastiveTrainer(
         encoder, args, loss, train_dataset=train_ds,
@@ -108,8 +88,8 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     if sharded:  # FSDP / ZeRO-3: the live model is sharded, evaluate the saved full one
         encoder = Encoder.from_pretrained(output_dir)
     final_evaluation(recipe, encoder, output_dir)
-    rows = train_ds.rows_read() if sources == [] else [len(s) for s in sources]
-    record = build_run_record(recipe, loss, rows, sum(rows) if sources == [] else len(train_ds), train_output,
+    rows = train_ds.rows_read() if streamed else [len(s) for s in sources]
+    record = build_run_record(recipe, loss, rows, sum(rows) if streamed else len(train_ds), train_output,
                               trainer.state.log_history, started)
     record.write(output_dir)
     plot_training_curves(record.log_history, output_dir / CURVES_FILE)
@@ -219,6 +199,35 @@ def check_matryoshka_dims(loss, dimension: int) -> list[int] | None:
     for wrapper in wrappers:
         wrapper.check_embedding_dim(dimension)
     return sorted({d for wrapper in wrappers for d in wrapper.dims}, reverse=True)
+
+
+def _in_memory_train_data(recipe: config.Recipe, encoder: Encoder):
+    """The training set loaded, joined, teacher-embedded and tokenized ahead; its sources and batch sampler factory
+    (whose sampler, built here for the printed numbers, is the one the trainer then gets)."""
+    args = recipe.training
+    sources = train_data.build_train_sources(  # prompt token counts go with the texts if pooling leaves them out
+        recipe.data.train_data, prompts=recipe.data.prompts,
+        prompt_length=None if encoder.include_prompt else encoder.prompt_length)
+    multi = recipe.data.multi_dataset_sampling
+    train_ds = train_data.concatenate(sources, max_rows=recipe.data.max_train_rows, keep_sources=multi is not None)
+    train_ds = teacher.prepare_teacher_embeddings(train_ds, recipe.loss.teacher, student_dim=encoder.dimension,
+                                                  student=recipe.model.model_name_or_path,
+                                                  max_seq_length=encoder.max_seq_length,
+                                                  main_process_first=args.main_process_first)
+    train_ds = loading.tokenize_roles(train_ds, encoder.tokenizer, encoder.max_seq_length,
+                                      num_proc=recipe.data.tokenize_num_proc)
+    batch_sampler_factory = multi_dataset.batch_sampler_factory(recipe.data.batch_sampler, multi,
+                                                                source_weights=recipe.data.source_weights,
+                                                                sampling_temperature=recipe.data.sampling_temperature)
+    if args.should_log:  # the sampler built here is the one the trainer gets from the factory
+        # train_batch_size: per device x GPUs of this process (nn.DataParallel, several GPUs without a launcher),
+        # the batch the Trainer's own loader and its sampler are built with.
+        batches = sampling.batches_per_epoch(batch_sampler_factory, train_ds, args.train_batch_size, args)
+        source_rows = list(np.bincount(train_ds[SOURCE_COLUMN][:], minlength=len(sources))) if multi else None
+        config.print_resolved(recipe, config.derived_numbers(recipe, len(train_ds), batches,
+                                                             train_data.hard_negatives_per_row(train_ds),
+                                                             source_rows=source_rows))
+    return train_ds, sources, batch_sampler_factory
 
 
 def _streamed_train_data(recipe: config.Recipe, encoder: Encoder):
