@@ -143,10 +143,12 @@ def two_source_run(tmp_path, model_dir, folders, *extra, small_keys: str = f"num
     return [INFONCE, *args]
 
 
-def test_two_streamed_sources_train_with_temperature_sampling(tmp_path, tiny_model_dir, folders, capsys):
-    assert main(two_source_run(tmp_path, tiny_model_dir, folders, "--max_steps", "12")) == 0
+def test_two_streamed_sources_train_with_temperature_sampling_and_a_source_loss(tmp_path, tiny_model_dir, folders, capsys):
+    own_loss = f"num_rows: {SMALL}, loss_kwargs: {{temperature: 0.1}}"  # its batches with their own loss
+    assert main(two_source_run(tmp_path, tiny_model_dir, folders, "--max_steps", "12", small_keys=own_loss)) == 0
     printed = capsys.readouterr().out
     assert "batch_share_per_source:\n    train_data[0]: 0.691\n    train_data[1]: 0.309" in printed
+    assert "train_data[0]: info_nce (temperature=0.05" in printed and "train_data[1]: info_nce (temperature=0.1" in printed
     record = json.loads((tmp_path / "out" / "training_run.json").read_text())
     read = [source["rows"] for source in record["datasets"]]
     assert read[0] > 0 and read[1] > 0  # both sources gave batches (seed 42; p = 0.309 per batch)
