@@ -163,3 +163,14 @@ def test_bad_row_count_through_the_entry_point_is_one_line_exit_2(tmp_path, tiny
     assert main(two_source_run(tmp_path, tiny_model_dir, folders, small_keys=small_keys)) == 2
     assert expected in one_line_error(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_num_rows_on_a_run_that_does_not_stream_is_refused(tmp_path, folders):
+    from nlp_contrastive.config import load_recipe
+
+    args = two_source_run(tmp_path, "unused-model", folders)[1:]
+    at = args.index("--train_data") + 1
+    args[at] = args[at].replace("streaming: true", "streaming: false")
+    with pytest.raises(ValueError, match=r"^train_data\[1\]: num_rows is a streamed source's row count, but the run "
+                                         "does not stream: drop num_rows"):
+        load_recipe(INFONCE, args)
