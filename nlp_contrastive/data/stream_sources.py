@@ -48,21 +48,26 @@ def stream_rows(spec: Mapping, position: int) -> int | None:
     return min(count, max_rows) if count is not None and max_rows is not None else count
 
 
+def known_rows(specs: Sequence[Mapping], sampling: str) -> list[int]:
+    """Every source's row count (`stream_rows`), which `sampling` (proportional / temperature) needs: a source whose
+    count is unknown is a one-line error naming the fix."""
+    rows = [stream_rows(spec, i) for i, spec in enumerate(specs)]
+    unknown = next((i for i, n in enumerate(rows) if n is None), None)
+    if unknown is not None:
+        filtered = " (the rows left after its filter)" if specs[unknown].get("filter") else ""
+        raise ValueError(f"train_data[{unknown}]: multi_dataset_sampling: {sampling} on a stream needs the source's "
+                         f"row count{filtered}: give num_rows: N on train_data[{unknown}], or use round_robin / "
+                         "weighted")
+    return rows
+
+
 def stream_shares(specs: Sequence[Mapping], sampling: str | None, weights: Sequence[float] | None = None,
                   temperature: float = 1.0) -> list[float] | None:
-    """Each source's share of the batches (None with one source or no multi_dataset_sampling). For proportional /
-    temperature every source's row count must be known (`stream_rows`), else a one-line error naming the fix."""
+    """Each source's share of the batches (None with one source or no multi_dataset_sampling); proportional /
+    temperature need every row count (`known_rows`)."""
     if len(specs) < 2 or sampling is None:
         return None
     if sampling == "round_robin":
         return [1.0 / len(specs)] * len(specs)
-    rows = [1] * len(specs)  # weighted: the weights alone
-    if sampling in NEEDS_ROWS:
-        rows = [stream_rows(spec, i) for i, spec in enumerate(specs)]
-        unknown = next((i for i, n in enumerate(rows) if n is None), None)
-        if unknown is not None:
-            filtered = " (the rows left after its filter)" if specs[unknown].get("filter") else ""
-            raise ValueError(f"train_data[{unknown}]: multi_dataset_sampling: {sampling} on a stream needs the "
-                             f"source's row count{filtered}: give num_rows: N on train_data[{unknown}], or use "
-                             "round_robin / weighted")
+    rows = known_rows(specs, sampling) if sampling in NEEDS_ROWS else [1] * len(specs)  # weighted: weights alone
     return [float(p) for p in source_probabilities(rows, sampling, weights, temperature)]

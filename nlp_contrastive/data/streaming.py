@@ -51,7 +51,7 @@ from nlp_contrastive.data.shards import (
     find_shards,
 )
 from nlp_contrastive.data.sources import Source, check_known_keys
-from nlp_contrastive.data.stream_sources import DRAWN, stream_shares
+from nlp_contrastive.data.stream_sources import DRAWN, NEEDS_ROWS, known_rows
 from nlp_contrastive.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,8 @@ def check_streaming(*, batch_sampler: str, multi_dataset_sampling: str | None, o
             raise ValueError(f"train_data[{i}]: {needs_all[0]} is not available with streaming (it needs the "
                              "whole dataset): drop it or set streaming: false")
         find_shards(str(spec.get("dataset")), str(spec.get("split", "train")), f"train_data[{i}]")
-    stream_shares(specs, multi_dataset_sampling)  # proportional / temperature: every row count known, or one line
+    if len(specs) > 1 and multi_dataset_sampling in NEEDS_ROWS:
+        known_rows(specs, multi_dataset_sampling)  # every source's row count, without reading a row
 
 
 def row_texts(row: Mapping) -> set[str]:
