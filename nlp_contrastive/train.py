@@ -17,7 +17,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from nlp_contrastive import config, engines, student, teacher
-from nlp_contrastive.data import loading, multi_dataset, sampling, streaming, train_data
+from nlp_contrastive.data import loading, multi_dataset, sampling, stream_sources, streaming, train_data
 from nlp_contrastive.data.batch import SOURCE_COLUMN
 from nlp_contrastive.losses.build import build_recipe_loss
 from nlp_contrastive.modeling import Encoder
@@ -235,18 +235,22 @@ def _streamed_train_data(recipe: config.Recipe, encoder: Encoder):
     skipping is turned off: it would read the stream from the start again)."""
     args = recipe.training
     sources = [train_data.train_source(spec, i) for i, spec in enumerate(recipe.data.train_data)]
+    shares = stream_sources.stream_shares(recipe.data.train_data, recipe.data.multi_dataset_sampling,
+                                          recipe.data.source_weights, recipe.data.sampling_temperature)
     stream = streaming.build_stream(
         sources, tokenizer=encoder.tokenizer, max_length=encoder.max_seq_length,
         per_device_batch_size=args.per_device_train_batch_size, processes=args.world_size, rank=args.process_index,
         seed=args.data_seed if args.data_seed is not None else args.seed, batch_sampler=recipe.data.batch_sampler,
-        sampling=recipe.data.multi_dataset_sampling, weights=recipe.data.source_weights,
-        **streaming.stream_options(recipe.data.stream))
+        sampling=recipe.data.multi_dataset_sampling, shares=shares, **streaming.stream_options(recipe.data.stream))
     resume = _checkpoint_to_resume(args)
     if resume:
         stream.load_state(resume)
     args.ignore_data_skip = True
     if args.should_log:
-        config.print_resolved(recipe, config.derived_numbers(recipe, 0, 0, 0))
+        numbers = config.derived_numbers(recipe, 0, 0, 0)
+        if shares is not None:  # a stream has no known batches per epoch: each source's share of the batches
+            numbers["batch_share_per_source"] = {f"train_data[{i}]": round(p, 4) for i, p in enumerate(shares)}
+        config.print_resolved(recipe, numbers)
     return stream
 
 

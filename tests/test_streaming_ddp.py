@@ -1,7 +1,8 @@
 """A streamed run through the CLI under `accelerate launch` with 2 gloo processes: every row used exactly once
 per epoch across the ranks (the row ids each rank trains on are logged by tests/ddp_train.py --record), a new
 order each epoch, and a run killed at step N then resumed with --resume_from_checkpoint trains on the same row
-ids from step N + 1 and ends with the same weights (atol 1e-6)."""
+ids from step N + 1 and ends with the same weights (atol 1e-6); two sources under temperature sampling give both
+ranks the planner's batches, one source per step."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 from safetensors.torch import load_file
 
 from nlp_contrastive.data.batch import ROW_ID
+from nlp_contrastive.data.shards import ROW_ID_SOURCE
+from nlp_contrastive.data.stream_sources import stream_shares
 from tests.conftest import make_tiny_encoder
 from tests.test_ddp_training import launch_command, recorded, run
 from tests.test_streaming import INFONCE, make_planner, one_epoch, pair_rows, stream_overrides, write_shards
@@ -62,3 +65,26 @@ def test_killed_run_resumes_with_the_same_rows_and_weights(runs):
     assert (runs / "killed" / "checkpoint-8" / "stream_state.json").is_file()
     assert_same_tensors(load_file(runs / "straight" / "model.safetensors"),
                         load_file(runs / "killed" / "model.safetensors"))
+
+
+def test_two_sources_with_temperature_under_two_processes_draw_the_planner_batches(tmp_path):
+    """Both ranks train each step on parts of one global batch of one source, the batches the planner draws with
+    temperature sampling (so the ranks agree on every source draw), and both sources are used."""
+    from tests.test_streaming_sampling import two_source_run
+
+    make_tiny_encoder().save_pretrained(tmp_path / "tiny")
+    folders = (write_shards(tmp_path / "big", pair_rows(120), kinds=("parquet",)),
+               write_shards(tmp_path / "small", pair_rows(30, start=10_000), kinds=("jsonl", "jsonl.gz")))
+    steps = 10
+    run(launch_command("--record", str(tmp_path / "rows"),
+                       *two_source_run(tmp_path, tmp_path / "tiny", folders, "--max_steps", str(steps),
+                                       small_keys="num_rows: 30")))
+    got = recorded(tmp_path / "rows")
+    shares = stream_shares([{"dataset": str(folders[0])}, {"dataset": str(folders[1]), "num_rows": 30}],
+                           "temperature", temperature=2.0)
+    planner = make_planner(list(folders), processes=2, per_device=PER_DEVICE, buffer=16, seed=42,
+                           sampling="temperature", weights=shares, exhaustion="cycle")
+    expected = [[row[ROW_ID] for row in batch] for _ in range(3) for batch in one_epoch(planner)][:steps]
+    assert [got[0][s] + got[1][s] for s in range(steps)] == expected
+    sources = [{row // ROW_ID_SOURCE for row in got[0][s] + got[1][s]} for s in range(steps)]
+    assert all(len(s) == 1 for s in sources) and set().union(*sources) == {0, 1}

@@ -34,6 +34,10 @@ def check_recipe(recipe: Recipe) -> None:
     check_batch_sampler(recipe.data.batch_sampler)
     check_multi_dataset_sampling(recipe.data.multi_dataset_sampling, recipe.data.source_weights,
                                  recipe.data.sampling_temperature, len(sources))
+    given = next((i for i, spec in enumerate(recipe.data.train_data) if spec.get("num_rows") is not None), None)
+    if given is not None and not recipe.data.streams():
+        raise ValueError(f"train_data[{given}]: num_rows is a streamed source's row count, but the run does not "
+                         "stream: drop num_rows (a loaded dataset counts its rows) or set streaming: true")
     if recipe.data.streams():
         from nlp_contrastive.data.streaming import check_streaming
 

@@ -105,6 +105,16 @@ def shard_columns(shard: str) -> list[str]:
         raise StreamDataError(f"shard {shard}: cannot be read as {kind} ({str(exc).splitlines()[0]})") from None
 
 
+def parquet_rows(shard: str) -> int:
+    """A parquet shard's row count from its footer (the row groups' metadata; no row is read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.read_metadata(shard).num_rows)
+    except Exception as exc:  # pyarrow raises its own kinds for a missing or corrupt footer
+        raise StreamDataError(f"shard {shard}: cannot read its parquet footer ({str(exc).splitlines()[0]})") from None
+
+
 def read_shard(shard: str, start: int, bad: Callable[[str], None], *, config_name: str | None = None,
                split: str = "train") -> Iterator[tuple[int, dict[str, Any]]]:
     """Rows of one shard from row `start` on, as (row number, {column: value}). `bad(message)` gets each

@@ -13,11 +13,15 @@ So every row is used once per epoch across the ranks, and ranks never disagree o
 Every rank reads the text of every row (that is what lets all ranks agree on a duplicate-free global batch
 without communicating); only tokenization and the model work are split.
 
-Several sources (multi_dataset_sampling): every batch from one source, `round_robin` or `weighted`
-(proportional / temperature need every source's row count ahead, i.e. the whole dataset, and are refused).
-Exhaustion (`stream: {exhaustion}`): `stop` ends the epoch when the first source runs out; `cycle` restarts an
-exhausted source (reshuffled) until every source has run out once. A source's last rows that cannot form a batch
-with two rows per rank are counted in the log as left at the end of its pass.
+Several sources (multi_dataset_sampling): every batch from one source. `round_robin` takes turns; `weighted`,
+`proportional` and `temperature` draw each batch's source with the planner's seeded generator, with the in-memory
+probabilities (∝ source_weights, ∝ rows, ∝ rows ** (1 / T)) from the row counts of `data.stream_sources` (parquet
+footers, or the source's `num_rows`). Unlike the in-memory proportional sampler, which deals every batch of an
+epoch exactly once in a random order, a stream cannot know its batches ahead: each batch's source is an independent
+draw, so a source may run out before the others (temperature > 1 favours the small ones, which run out first), and
+the exhaustion rule decides the end. Exhaustion (`stream: {exhaustion}`): `stop` ends the epoch when the first
+source runs out; `cycle` restarts an exhausted source (reshuffled) until every source has run out once. A source's
+last rows that cannot form a batch with two rows per rank are counted in the log as left at the end of its pass.
 
 Exact resume: the checkpoint holds `stream_state.json` (epoch, each source's shard and row position, its
 buffer and deferred rows, the random generator's state): a resumed run draws the very batches an uninterrupted
@@ -47,6 +51,7 @@ from nlp_contrastive.data.shards import (
     find_shards,
 )
 from nlp_contrastive.data.sources import Source, check_known_keys
+from nlp_contrastive.data.stream_sources import DRAWN, NEEDS_ROWS, known_rows
 from nlp_contrastive.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -54,7 +59,6 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "stream_state.json"
 STREAM_DEFAULTS = {"buffer_size": 10_000, "bad_rows": "stop", "exhaustion": "stop"}  # the recipe's `stream` keys
 EXHAUSTION = ("stop", "cycle")
-STREAM_SAMPLING = (None, "round_robin", "weighted")
 NO_DUPLICATES = ("no_duplicates", "no_duplicates_by_length")
 BY_LENGTH = ("group_by_length", "no_duplicates_by_length")
 
@@ -75,9 +79,6 @@ def check_streaming(*, batch_sampler: str, multi_dataset_sampling: str | None, o
     if max_steps <= 0:
         raise ValueError("streaming: the stream's length is unknown ahead, so set max_steps (optimizer steps; the "
                          "learning-rate schedule follows it)")
-    if multi_dataset_sampling not in STREAM_SAMPLING:
-        raise ValueError(f"streaming with multi_dataset_sampling: {multi_dataset_sampling} needs every source's "
-                         "row count ahead (the whole dataset): use round_robin or weighted")
     if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < global_batch_size:
         raise ValueError(f"stream buffer_size {buffer_size!r} is smaller than the global batch ({global_batch_size} "
                          "rows): a batch is drawn from the buffer, so set stream: {buffer_size: N} with N >= the "
@@ -87,8 +88,8 @@ def check_streaming(*, batch_sampler: str, multi_dataset_sampling: str | None, o
     if exhaustion not in EXHAUSTION:
         raise ValueError(f"stream exhaustion must be one of {', '.join(EXHAUSTION)}, got {exhaustion!r}")
     if len(specs) > 1 and multi_dataset_sampling is None:
-        raise ValueError("several streamed train_data sources: set multi_dataset_sampling: round_robin or weighted "
-                         "(every batch from one source)")
+        raise ValueError("several streamed train_data sources: set multi_dataset_sampling: round_robin, weighted, "
+                         "proportional or temperature (every batch from one source)")
     if max_train_rows is not None:
         raise ValueError("max_train_rows does not apply to streaming: set max_rows on a train_data source")
     if teacher is not None:
@@ -103,6 +104,8 @@ def check_streaming(*, batch_sampler: str, multi_dataset_sampling: str | None, o
             raise ValueError(f"train_data[{i}]: {needs_all[0]} is not available with streaming (it needs the "
                              "whole dataset): drop it or set streaming: false")
         find_shards(str(spec.get("dataset")), str(spec.get("split", "train")), f"train_data[{i}]")
+    if len(specs) > 1 and multi_dataset_sampling in NEEDS_ROWS:
+        known_rows(specs, multi_dataset_sampling)  # every source's row count, without reading a row
 
 
 def row_texts(row: Mapping) -> set[str]:
@@ -123,7 +126,8 @@ def _length(row: Mapping) -> int:
 
 class StreamPlanner:
     """The sequence of global batches over one or several source streams; deterministic in (seed, epoch) and in
-    its state, so every rank draws the same batches and a restored state continues the same sequence."""
+    its state, so every rank draws the same batches and a restored state continues the same sequence.
+    `weights`: each source's draw weight under weighted / proportional / temperature sampling."""
 
     def __init__(self, sources: list[SourceStream], *, global_batch_size: int, processes: int,
                  batch_sampler: str = "no_duplicates", buffer_size: int = 10_000, sampling: str | None = None,
@@ -161,7 +165,7 @@ class StreamPlanner:
     def _pick_source(self) -> int:
         if len(self.sources) == 1:
             return 0
-        if self.sampling == "weighted":
+        if self.sampling in DRAWN:
             return int(self.rng.choice(len(self.sources), p=self.weights / self.weights.sum()))
         self.turn = (self.turn + 1) % len(self.sources)
         return (self.turn - 1) % len(self.sources)
@@ -372,10 +376,12 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
 def build_stream(sources: Sequence[Source], *, tokenizer, max_length: int,
                  per_device_batch_size: int, processes: int, rank: int, seed: int, batch_sampler: str,
                  buffer_size: int, bad_rows: str, exhaustion: str, sampling: str | None,
-                 weights: Sequence[float] | None) -> StreamingTrainData:
-    """The streamed training set of a recipe's `train_data` (already checked by `check_streaming`)."""
+                 shares: Sequence[float] | None) -> StreamingTrainData:
+    """The streamed training set of a recipe's `train_data` (already checked by `check_streaming`); `shares`: each
+    source's probability of giving a batch (`stream_sources.stream_shares`), drawn by weighted / proportional /
+    temperature."""
     streams = [SourceStream(i, source, bad_rows=bad_rows, seed=seed) for i, source in enumerate(sources)]
     planner = StreamPlanner(streams, global_batch_size=per_device_batch_size * processes, processes=processes,
                             batch_sampler=batch_sampler, buffer_size=buffer_size, sampling=sampling,
-                            weights=weights, exhaustion=exhaustion, seed=seed)
+                            weights=shares, exhaustion=exhaustion, seed=seed)
     return StreamingTrainData(planner, tokenizer, max_length, rank=rank, processes=processes)

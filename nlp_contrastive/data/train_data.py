@@ -10,14 +10,16 @@ import datasets
 from nlp_contrastive.data.batch import EMBEDDED_ROLES, LIST_ROLES, ROLES, SOURCE_COLUMN, prompt_length_column
 from nlp_contrastive.data.loading import filter_rows, group_pairs, load_split, parse_condition, select_roles
 from nlp_contrastive.data.sources import Source, is_beir_folder
+from nlp_contrastive.data.stream_sources import check_num_rows
 from nlp_contrastive.teacher import check_scores_key, check_teacher_scores, join_score_columns
 
 # Besides the common source keys (nlp_contrastive.data.sources): `group_pairs`, `prompts`, and `layout: beir` for a
 # BEIR dataset (corpus, queries, qrels) given as a hub id; a local BEIR folder is recognised by itself;
 # `teacher_scores: [positive_score, negative_scores]` joins score columns into each row's teacher scores [1 + K];
 # with multi_dataset_sampling, `loss` / `loss_kwargs` train that source's batches with its own loss; `streaming: true`
-# streams the run (nlp_contrastive.data.streaming).
-TRAIN_KEYS = ("group_pairs", "layout", "prompts", "teacher_scores", "loss", "loss_kwargs", "streaming")
+# streams the run (nlp_contrastive.data.streaming), and `num_rows: N` gives a streamed source's row count
+# (nlp_contrastive.data.stream_sources).
+TRAIN_KEYS = ("group_pairs", "layout", "prompts", "teacher_scores", "loss", "loss_kwargs", "streaming", "num_rows")
 # Roles a source may lack next to sources that map them (with multi_dataset_sampling): its rows get None ([] for a
 # list) and its batches leave the role out. A single text role cannot be left empty (every text is tokenized).
 FILLABLE_ROLES = tuple(r for r in ROLES if r not in EMBEDDED_ROLES or r in LIST_ROLES)
@@ -40,6 +42,7 @@ def train_source(spec: Mapping, position: int) -> Source:
     check_prompts(spec.get("prompts"), f"{where} prompts")
     if not isinstance(spec.get("streaming", False), bool):
         raise ValueError(f"{where}: streaming must be true or false, got {spec['streaming']!r}")
+    check_num_rows(spec.get("num_rows"), where)
     if "loss" in spec and not (isinstance(spec["loss"], str) and spec["loss"]):
         raise ValueError(f"{where}: loss must be a loss name such as info_nce, got {spec['loss']!r}")
     if not isinstance(spec.get("loss_kwargs", {}), Mapping):
