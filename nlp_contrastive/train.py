@@ -260,7 +260,7 @@ def _streamed_train_data(recipe: config.Recipe, encoder: Encoder):
 def _checkpoint_to_resume(args) -> str | bool | None:
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = get_last_checkpoint(args.output_dir)
+        resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
         if resume is None:
             raise FileNotFoundError(f"no checkpoint-N folder in '{args.output_dir}' to resume from")
     elif isinstance(resume, str) and not Path(resume).is_dir():
