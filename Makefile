@@ -77,12 +77,15 @@ bench-memory: install
 bench-matryoshka: install
 	$(BIN)/python benchmarks/bench_matryoshka.py
 
-# Retrieval end to end on BEIR SciFact: mine hard negatives on train -> train -> evaluate on SciFact test
-# (the recipe's final eval; MTEB's definitions). See recipes/scifact-hardneg.yaml for the settings.
+# Retrieval end to end on BEIR SciFact: carve a dev split from train -> mine hard negatives on train, train,
+# keep the best dev nDCG@10 -> evaluate on test (the recipe's final eval; MTEB's definitions). See
+# recipes/scifact-hardneg.yaml for the settings. Any BEIR folder with train qrels: make scifact BEIR=path/to/folder
+BEIR ?= $(NLPC_DATA_DIR)/scifact
+BEIR_NAME = $(notdir $(patsubst %/,%,$(BEIR)))
 scifact: install
-	$(BIN)/nlp-contrastive mine --data $(NLPC_DATA_DIR)/scifact --split train --output outputs/scifact-mined/train.jsonl \
-		--num-negatives 1 --range-max 30 --relative-margin 0.05 --sampling top --overwrite
-	$(BIN)/nlp-contrastive train recipes/scifact-hardneg.yaml --overwrite_output_dir true
+	$(BIN)/nlp-contrastive beir-split --data $(BEIR) --output outputs/$(BEIR_NAME)-split --overwrite
+	$(BIN)/nlp-contrastive train recipes/scifact-hardneg.yaml --vars.dataset outputs/$(BEIR_NAME)-split \
+		--output_dir outputs/$(BEIR_NAME)-hardneg --overwrite_output_dir true
 
 bench-retrieval: install
 	$(BIN)/python benchmarks/bench_retrieval.py

@@ -146,11 +146,14 @@ def sampled_folder(args, work: Path) -> str:
 def our_recipe(args, mined: Path, output: Path, work: Path) -> Path:
     """recipes/scifact-hardneg.yaml on this run's mined file and settings (final eval done by this script)."""
     recipe = yaml.safe_load((ROOT / "recipes" / "scifact-hardneg.yaml").read_text())
-    recipe["data"]["train_data"][0]["dataset"] = str(mined)
+    source = recipe["data"]["train_data"][0]
+    source.update(dataset=str(mined), split="train")
+    source.pop("mine")  # mined above by this script, timed apart from training
     recipe["model"].update(model_name_or_path=model_path(args), max_seq_length=args.max_seq_length)
-    recipe["eval"]["final_eval_tasks"] = []
+    recipe["eval"].update(eval_tasks=[], final_eval_tasks=[])
     recipe["training"].update(output_dir=str(output), num_train_epochs=args.epochs, bf16=False,
-                              per_device_train_batch_size=args.train_batch_size, learning_rate=args.learning_rate)
+                              per_device_train_batch_size=args.train_batch_size, learning_rate=args.learning_rate,
+                              eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
     path = work / "scifact-hardneg.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

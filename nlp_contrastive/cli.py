@@ -1,4 +1,4 @@
-"""`nlp-contrastive train|eval|mine|push`: argument parsing and dispatch; the work lives in the library modules."""
+"""`nlp-contrastive train|eval|mine|beir-split|push`: argument parsing and dispatch; the work lives in the library modules."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     add_eval_arguments(sub.add_parser("eval", help="evaluate a model on STS / retrieval / reranking suites"))
     add_push_arguments(sub.add_parser("push", help="push a trained output folder to the Hugging Face hub"))
     add_mine_arguments(sub.add_parser("mine", help="mine hard negatives for (query, positive) data over a corpus"))
+    add_beir_split_arguments(sub.add_parser("beir-split", help="carve a dev split from a BEIR folder's train qrels"))
     if argv[:1] == ["train"]:  # train parses its own flags (recipe keys are open-ended)
         from nlp_contrastive.train import main as train_main
 
         return train_main(argv[1:])
     args = parser.parse_args(argv)
-    return {"eval": run_eval, "mine": run_mine, "push": run_push}[args.command](args) or 0
+    commands = {"eval": run_eval, "mine": run_mine, "beir-split": run_beir_split, "push": run_push}
+    return commands[args.command](args) or 0
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -262,6 +264,36 @@ def _distributed_state() -> int:
         if not dist.is_initialized():
             dist.init_process_group("gloo")
         return dist.get_rank()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ beir-split
+def add_beir_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """`nlp-contrastive beir-split --data DIR --output OUT`: the rule is nlp_contrastive.retrieval.beir_split's."""
+    parser.description = ("Write OUT: the BEIR folder DIR with a dev split carved from its train qrels (ids = "
+                          "sorted query ids, perm = numpy.random.default_rng(seed).permutation(len(ids)), dev = the "
+                          "first round(len(ids) x fraction) of ids[perm]); other qrels copied, corpus.jsonl and "
+                          "queries.jsonl linked (relative symlinks), split.json records the settings and counts.")
+    add = parser.add_argument
+    add("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv)")
+    add("--output", required=True, help="the folder to write (outside --data)")
+    add("--dev-fraction", type=float, default=0.1, help="share of the train queries that become dev (default 0.1)")
+    add("--seed", type=int, default=0, help="seed of the permutation (default 0)")
+    add("--from-split", default="train", help="the qrels split the dev queries come from (default train)")
+    add("--overwrite", action="store_true", help="replace --output when it exists (default: refuse)")
+
+
+def run_beir_split(args: argparse.Namespace) -> int:
+    from nlp_contrastive.retrieval.beir_split import split_beir_folder
+
+    try:
+        counts = split_beir_folder(args.data, args.output, dev_fraction=args.dev_fraction, seed=args.seed,
+                                   from_split=args.from_split, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"nlp-contrastive beir-split: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: {counts.dev_queries} dev queries ({counts.dev_rows} qrels rows), "
+          f"{counts.train_queries} {args.from_split} queries ({counts.train_rows} rows)", file=sys.stderr)
     return 0
 
 

@@ -21,6 +21,7 @@ from nlp_contrastive.data import loading, multi_dataset, sampling, stream_source
 from nlp_contrastive.data.batch import SOURCE_COLUMN
 from nlp_contrastive.losses.build import build_recipe_loss
 from nlp_contrastive.modeling import Encoder
+from nlp_contrastive.retrieval import recipe_mining
 from nlp_contrastive.run_record import CURVES_FILE, build_run_record, plot_training_curves, write_results
 
 
@@ -57,17 +58,21 @@ def train(recipe_path: str | None, overrides: list[str], callbacks: list | None 
     loss = build_recipe_loss(recipe)  # one loss, or one per train_data source (losses.build.SourceLosses)
     encoder.matryoshka_dims = check_matryoshka_dims(loss, encoder.dimension)
     encoder.prompts.update(saved_prompts(recipe.data.prompts))
+    # With evaluation on, its data is loaded first (a bad dev split fails before any mining) and cut with the
+    # starting model where a task asks (corpus_subset_top_n).
+    evaluates = str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no"
+    evaluator = training_evaluator(with_prompts(recipe.eval.eval_tasks, recipe.data.prompts),
+                                   recipe.eval.eval_batch_size, starting_encoder=encoder if evaluates else None)
     streamed = recipe.data.streams()  # read, batched and tokenized on the fly (nlp_contrastive.data.streaming)
     if streamed:
         train_ds, sources, batch_sampler_factory = _streamed_train_data(recipe, encoder), [], None
-    else:
-        train_ds, sources, batch_sampler_factory = _in_memory_train_data(recipe, encoder)
+    else:  # a failure while mining (the first thing written) leaves no half-made output_dir either
+        with _tidy_on_failure(Path(args.output_dir), created=not output_dir_existed, main_process=args.should_save):
+            train_ds, sources, batch_sampler_factory = _in_memory_train_data(recipe, encoder)
     push_requested, args.push_to_hub = args.push_to_hub, False  # pushed by nlp_contrastive.hub at the end
     trainer = ContrastiveTrainer(
         encoder, args, loss, train_dataset=train_ds,
-        evaluator=training_evaluator(with_prompts(recipe.eval.eval_tasks, recipe.data.prompts),
-                                     recipe.eval.eval_batch_size),
-        batch_sampler_factory=batch_sampler_factory,
+        evaluator=evaluator, batch_sampler_factory=batch_sampler_factory,
         single_forward=recipe.loss.single_forward, callbacks=callbacks,
     )
     with _tidy_on_failure(Path(args.output_dir), created=not output_dir_existed, main_process=args.should_save):
@@ -205,8 +210,10 @@ def _in_memory_train_data(recipe: config.Recipe, encoder: Encoder):
     """The training set loaded, joined, teacher-embedded and tokenized ahead; its sources and batch sampler factory
     (whose sampler, built here for the printed numbers, is the one the trainer then gets)."""
     args = recipe.training
+    specs = recipe_mining.mine_train_data(recipe.data.train_data, encoder, args.output_dir, prompts=recipe.data.prompts,
+                                          resume=bool(_checkpoint_to_resume(args)))  # sources with `mine` only
     sources = train_data.build_train_sources(  # prompt token counts go with the texts if pooling leaves them out
-        recipe.data.train_data, prompts=recipe.data.prompts,
+        specs, prompts=recipe.data.prompts,
         prompt_length=None if encoder.include_prompt else encoder.prompt_length)
     multi = recipe.data.multi_dataset_sampling
     train_ds = train_data.concatenate(sources, max_rows=recipe.data.max_train_rows, keep_sources=multi is not None)
@@ -257,7 +264,7 @@ def _streamed_train_data(recipe: config.Recipe, encoder: Encoder):
 def _checkpoint_to_resume(args) -> str | bool | None:
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = get_last_checkpoint(args.output_dir)
+        resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
         if resume is None:
             raise FileNotFoundError(f"no checkpoint-N folder in '{args.output_dir}' to resume from")
     elif isinstance(resume, str) and not Path(resume).is_dir():

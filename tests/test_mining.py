@@ -303,9 +303,12 @@ def test_mined_file_trains_through_the_scifact_recipe(tmp_path, capsys, tiny_mod
     source = recipe["data"]["train_data"][0]
     assert source["columns"]["known_positives"] == "known_positives"
     source["dataset"] = str(mined)
+    for key in ("mine", "split"):  # the recipe mines in the run (tests/retrieval/test_recipe_mining.py); here: a file
+        source.pop(key)
     recipe["model"].update(model_name_or_path=str(tiny_model_dir), max_seq_length=32)
-    recipe["eval"]["final_eval_tasks"] = []
-    recipe["training"].update(output_dir=str(tmp_path / "out"), num_train_epochs=1, per_device_train_batch_size=4)
+    recipe["eval"].update(eval_tasks=[], final_eval_tasks=[])
+    recipe["training"].update(output_dir=str(tmp_path / "out"), num_train_epochs=1, per_device_train_batch_size=4,
+                              eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert train_main([str(path)]) == 0

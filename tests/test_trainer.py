@@ -145,7 +145,7 @@ def test_accelerate_launch_two_cpu_processes(tiny_model_dir, tmp_path, data_dir)
     assert (out / "model.safetensors").exists()
 
 
-# scifact-hardneg trains on the output of `nlp-contrastive mine`: tests/test_mining.py runs it on a mined file.
+# scifact-hardneg trains on the output of `nlp-contrastive beir-split`: tests/retrieval/test_recipe_mining.py runs it.
 MADE_BY_ANOTHER_STEP = {"scifact-hardneg.yaml"}
 
 

@@ -4,6 +4,7 @@
     value_types.py  what a recipe value may be, per field type
     checks.py       every recipe check that needs no model and no data
     recipe.py       load_recipe: YAML + overrides -> Recipe; the resolved recipe and derived numbers printed at start
+    variables.py    `vars:` and `${name}` references in recipe values
 """
 
 from nlp_contrastive.config.checks import check_output_dir

@@ -42,6 +42,10 @@ def check_recipe(recipe: Recipe) -> None:
         from nlp_contrastive.data.streaming import check_streaming
 
         data = recipe.data
+        mined = [i for i, spec in enumerate(data.train_data) if "mine" in spec]
+        if mined:
+            raise ValueError(f"train_data[{mined[0]}]: mine reads the whole split before training, which streaming "
+                             "does not: set streaming: false, or mine first with nlp-contrastive mine")
         check_streaming(batch_sampler=data.batch_sampler, multi_dataset_sampling=data.multi_dataset_sampling,
                         options=data.stream, max_steps=args.max_steps,
                         global_batch_size=args.per_device_train_batch_size * args.world_size,

@@ -25,14 +25,17 @@ from nlp_contrastive.config.schema import (
     valid_keys,
 )
 from nlp_contrastive.config.value_types import coerce_number, describe, field_type, matches
+from nlp_contrastive.config.variables import VARS_KEY, apply_variables, check_vars, split_var_overrides
 from nlp_contrastive.data.sources import check_known_keys, yaml_problem
 from nlp_contrastive.data.streaming import stream_options
 from nlp_contrastive.precision import AUTO, PrecisionChoice, resolve_bf16, warn_if_emulated
 
 
 def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply `--key value` overrides, check keys and types, build the dataclasses."""
+    """Read a YAML recipe, apply `--key value` overrides, substitute its `${variables}` (config.variables), check
+    keys and types, build the dataclasses."""
     values: dict[str, Any] = {}
+    declared: dict[str, Any] = {}
     if path is not None:
         recipe_path = Path(path)
         if not recipe_path.is_file():
@@ -43,8 +46,12 @@ def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
             raise ValueError(f"recipe '{path}' is not valid YAML: {yaml_problem(exc)}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"recipe '{path}' must be a mapping of keys to values, got {type(loaded).__name__}")
+        declared = check_vars(loaded.pop(VARS_KEY, None), str(path))
         values = flatten_sections(loaded, source=str(path))
-    values.update(parse_overrides(overrides or []))
+    given = parse_overrides(overrides or [])
+    var_overrides = split_var_overrides(given, declared)
+    values.update(given)
+    variables = apply_variables(values, declared, var_overrides)
     precision = _resolve_precision(values)
     check_keys_and_types(values)
     _bf16_on_cpu_only_machines(values)
@@ -53,7 +60,7 @@ def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
         model, data, loss, evaluation, training = parser.parse_dict(values)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"invalid recipe value: {str(exc).splitlines()[0]}") from None
-    recipe = Recipe(model, data, loss, evaluation, training, source=path, precision=precision)
+    recipe = Recipe(model, data, loss, evaluation, training, source=path, precision=precision, variables=variables)
     check_recipe(recipe)
     warn_if_emulated(precision)
     return recipe
@@ -108,7 +115,8 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
         if not token.startswith("--") or len(token) == 2:
             raise ValueError(f"unexpected argument '{token}': overrides are --key value (e.g. --learning_rate 3e-5)")
         key, eq, raw = token[2:].partition("=")
-        key = key.replace("-", "_")
+        if not key.startswith("vars."):  # a variable's name is kept as written
+            key = key.replace("-", "_")
         if not eq:
             if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                 raw = argv[i + 1]
@@ -140,8 +148,9 @@ def check_keys_and_types(values: dict[str, Any]) -> None:
 
 
 def recipe_as_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
-    """The resolved recipe by section, only JSON/YAML-friendly values (for printing and model cards)."""
-    out: dict[str, dict[str, Any]] = {}
+    """The resolved recipe by section (and its `vars`, already substituted into the sections), only
+    JSON/YAML-friendly values (for printing and model cards)."""
+    out: dict[str, dict[str, Any]] = {VARS_KEY: dict(recipe.variables)} if recipe.variables else {}
     for section, obj in zip(SECTIONS, (recipe.model, recipe.data, recipe.loss, recipe.eval, recipe.training),
                             strict=True):
         if section == "training":

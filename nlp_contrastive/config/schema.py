@@ -136,6 +136,7 @@ class Recipe:
     training: TrainingArguments
     source: str | None = None
     precision: PrecisionChoice | None = None  # how `bf16` (auto by default) was resolved, and why
+    variables: dict = field(default_factory=dict)  # the recipe's `vars` after --vars.NAME overrides (substituted)
 
     def loss_gathers(self, source: int | None = None) -> bool:
         """Whether in-batch negatives come from all processes (a loss_kwargs switch of info_nce), for the recipe's

@@ -18,8 +18,10 @@ from nlp_contrastive.teacher import check_scores_key, check_teacher_scores, join
 # `teacher_scores: [positive_score, negative_scores]` joins score columns into each row's teacher scores [1 + K];
 # with multi_dataset_sampling, `loss` / `loss_kwargs` train that source's batches with its own loss; `streaming: true`
 # streams the run (nlp_contrastive.data.streaming), and `num_rows: N` gives a streamed source's row count
-# (nlp_contrastive.data.stream_sources).
-TRAIN_KEYS = ("group_pairs", "layout", "prompts", "teacher_scores", "loss", "loss_kwargs", "streaming", "num_rows")
+# (nlp_contrastive.data.stream_sources); `mine: {num_negatives, range_max, ...}` on a BEIR folder mines hard
+# negatives with the starting model before training (nlp_contrastive.retrieval.recipe_mining).
+TRAIN_KEYS = ("group_pairs", "layout", "prompts", "teacher_scores", "loss", "loss_kwargs", "streaming", "num_rows",
+              "mine")
 # Roles a source may lack next to sources that map them (with multi_dataset_sampling): its rows get None ([] for a
 # list) and its batches leave the role out. A single text role cannot be left empty (every text is tokenized).
 FILLABLE_ROLES = tuple(r for r in ROLES if r not in EMBEDDED_ROLES or r in LIST_ROLES)
@@ -37,7 +39,11 @@ def train_source(spec: Mapping, position: int) -> Source:
             parse_condition(source.filter)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
-    if not source.columns:
+    if "mine" in spec:  # the mined rows' columns are known (recipe_mining.MINED_COLUMNS)
+        from nlp_contrastive.retrieval.recipe_mining import check_mine_spec
+
+        check_mine_spec(spec, where)
+    elif not source.columns:
         raise ValueError(f"{where} needs 'columns' ({{role: column}}), e.g. {{anchor: sentence1, positive: sentence2}}")
     check_prompts(spec.get("prompts"), f"{where} prompts")
     if not isinstance(spec.get("streaming", False), bool):

@@ -17,7 +17,12 @@ from nlp_contrastive.evaluation.base import DEFAULT_BATCH_SIZE, Evaluator
 from nlp_contrastive.evaluation.inputs import check_texts
 from nlp_contrastive.evaluation.ranking_metrics import DEFAULT_CUTOFFS, check_qrels, ranking_metrics
 from nlp_contrastive.retrieval.corpus import MemoryCorpus
-from nlp_contrastive.retrieval.embeddings import DEFAULT_CHUNK_SIZE, encode_corpus, temporary_folder
+from nlp_contrastive.retrieval.embeddings import (
+    DEFAULT_CHUNK_SIZE,
+    chunk_size_for_processes,
+    encode_corpus,
+    temporary_folder,
+)
 from nlp_contrastive.retrieval.search import (  # noqa: F401  (exact_top_k, RunningTopK: public here before)
     SEARCH_SIMILARITIES,
     IndexOptions,
@@ -111,8 +116,9 @@ class RetrievalEvaluator(Evaluator):
     def encode_corpus(self, encoder, scratch: Path | None = None):
         """The corpus's embedding shards under cache_dir (kept: reused and resumed) or in `scratch` (a temporary
         folder); under several processes each encodes its share of the chunks."""
+        chunk_size = chunk_size_for_processes(self.corpus_chunk_size, len(self.doc_ids))
         return encode_corpus(encoder, self._corpus, cache_dir=self.cache_dir, folder=scratch,
-                             model_key="scratch" if scratch else None, chunk_size=self.corpus_chunk_size,
+                             model_key="scratch" if scratch else None, chunk_size=chunk_size,
                              batch_size=self.batch_size, prompt=self.prompts.get("document") or "",
                              show_progress=False)
 

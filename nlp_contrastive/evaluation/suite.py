@@ -99,6 +99,16 @@ class Suite:
             self._evaluators = built
         return self._evaluators
 
+    def prepare(self, encoder) -> None:
+        """What needs a model, done once with the first one given (in training: the starting model): each retrieval
+        task with corpus_subset_top_n gets its corpus subset (RetrievalEvaluator.with_corpus_subset)."""
+        evaluators = self.evaluators()
+        for i, evaluator in enumerate(evaluators):
+            top_n = getattr(evaluator, "pending_subset_top_n", None)
+            if top_n is not None:
+                evaluator.pending_subset_top_n = None
+                evaluators[i] = evaluator.with_corpus_subset(encoder, top_n)
+
     @property
     def primary_metrics(self) -> dict[str, str]:
         """{task: its primary metric} for the tasks that run (loads the data on first use)."""
@@ -120,6 +130,9 @@ class Suite:
                     entry["truncate_dim"] = task.truncate_dim
                 if task.prompts:
                     entry["prompts"] = dict(task.prompts)
+                entry.update({k: getattr(task, k) for k in ("corpus_subset_top_n", "cache_dir") if getattr(task, k)})
+                if task.index != "exact":
+                    entry["index"] = task.index
                 meta[task.name] = entry
         return meta
 
@@ -136,6 +149,7 @@ class Suite:
                  ) -> dict[str, dict[str, float]]:
         """Run every available task; `on_predictions(evaluator, predictions, metrics)` sees raw scores (plots)."""
         results: dict[str, dict[str, float]] = {}
+        self.prepare(encoder)
         if self.reuse_encodings:
             encoder = RecentEncodings(encoder)
         for evaluator in self.evaluators():
@@ -238,12 +252,17 @@ def check_tasks(tasks: Any, key: str) -> None:
             raise ValueError(f"{key}[{i}]: {exc}") from None
 
 
-def training_evaluator(tasks: list[dict], batch_size: int) -> Callable[[Any], dict[str, float]] | None:
+def training_evaluator(tasks: list[dict], batch_size: int, starting_encoder=None
+                       ) -> Callable[[Any], dict[str, float]] | None:
     """For evaluation during training: encoder -> {task_metric: value, "score": the first task's primary
-    metric} (so `metric_for_best_model: score` works for any task), or None without tasks."""
+    metric} (so `metric_for_best_model: score` works for any task; the trainer logs them as eval_<task>_<metric>,
+    e.g. eval_dev_ndcg_at_10), or None without tasks. With `starting_encoder` the data is loaded now and what
+    needs a model (a retrieval corpus subset) is cut with it (`Suite.prepare`)."""
     if not tasks:
         return None
     suite = load_suite({"tasks": tasks, "batch_size": batch_size})
+    if starting_encoder is not None:
+        suite.prepare(starting_encoder)
 
     def evaluate(encoder) -> dict[str, float]:
         results = suite(encoder)

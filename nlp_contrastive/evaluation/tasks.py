@@ -6,6 +6,12 @@ filter, score_range, label_map, max_rows) plus `type` (sts | pair_classification
 is the query's, MTEB's option), `batch_size`, `truncate_dim` (keep the first d embedding dimensions:
 Matryoshka) and `prompts` ({text role: prompt}, e.g. {query: "query: ", document: "passage: "}; a single
 string applies to every text role of the task).
+Retrieval tasks also take the engine's options: `cache_dir` (the corpus embeddings kept as on-disk shards there,
+reused by later runs of the same model on the same texts), `index` (exact | hnsw | ivf-flat | ivf-pq | a faiss
+index_factory string; an approximate one prints its recall) and `corpus_subset_top_n: N` (cheap evaluation during
+training: the corpus cut to every judged document plus each query's top N under the model the suite first runs
+with — the starting model in training; deterministic, and the results carry corpus_documents and
+corpus_subset_top_n so the number is never taken for a full-corpus one).
 A hub dataset is read from $NLPC_DATA_DIR/<task name lowercased>/ (or /<last part of the hub id>/) when that
 folder exists; otherwise, offline, building the task raises TaskUnavailable (the suite skips it).
 """
@@ -32,7 +38,9 @@ from nlp_contrastive.evaluation.retrieval_data import (
 from nlp_contrastive.evaluation.sts import STSEvaluator
 
 TASK_TYPES = ("sts", "pair_classification", "reranking", "retrieval")
-TASK_KEYS = ("type", "batch_size", "layout", "ignore_identical_ids", "truncate_dim", "prompts")  # + source keys
+ENGINE_KEYS = ("corpus_subset_top_n", "cache_dir", "index")  # retrieval only
+TASK_KEYS = ("type", "batch_size", "layout", "ignore_identical_ids", "truncate_dim", "prompts",  # + source keys
+             *ENGINE_KEYS)
 ROLES: dict[str, tuple[str, ...]] = {
     "sts": ("sentence1", "sentence2", "score"),
     "pair_classification": ("sentence1", "sentence2", "label"),
@@ -70,6 +78,9 @@ class TaskSpec:
     label_map: Mapping | None = None
     truncate_dim: int | None = None
     prompts: Mapping[str, str] = field(default_factory=dict)
+    corpus_subset_top_n: int | None = None
+    cache_dir: str | None = None
+    index: str = "exact"
 
     @property
     def source(self) -> Source:
@@ -107,7 +118,24 @@ class TaskSpec:
         return cls(name=name, type=kind, dataset=source.dataset, split=source.split, config_name=source.config_name,
                    columns=dict(source.columns), score_range=source.score_range, batch_size=batch_size, layout=layout,
                    filter=source.filter, max_rows=source.max_rows, label_map=source.label_map,
-                   ignore_identical_ids=ignore_identical, truncate_dim=truncate_dim, prompts=task_prompts(raw.get("prompts"), kind, where))
+                   ignore_identical_ids=ignore_identical, truncate_dim=truncate_dim,
+                   prompts=task_prompts(raw.get("prompts"), kind, where), **retrieval_options(raw, kind, where))
+
+
+def retrieval_options(raw: Mapping[str, Any], kind: str, where: str) -> dict[str, Any]:
+    """A retrieval task's engine options, checked: corpus_subset_top_n, cache_dir, index."""
+    given = [k for k in ENGINE_KEYS if raw.get(k) is not None]
+    if given and kind != "retrieval":
+        raise ValueError(f"{where}: {given[0]} applies to type retrieval only: drop it")
+    top_n, cache_dir, index = raw.get("corpus_subset_top_n"), raw.get("cache_dir"), raw.get("index", "exact")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise ValueError(f"{where}: corpus_subset_top_n must be a positive integer (e.g. 100), got {top_n!r}")
+    if cache_dir is not None and (not isinstance(cache_dir, str) or not cache_dir):
+        raise ValueError(f"{where}: cache_dir must be a folder path, got {cache_dir!r}")
+    if not isinstance(index, str) or not index:
+        raise ValueError(f"{where}: index must be exact, hnsw, ivf-flat, ivf-pq or a faiss index_factory string, "
+                         f"got {index!r}")
+    return {"corpus_subset_top_n": top_n, "cache_dir": cache_dir, "index": index}
 
 
 def task_prompts(value: Any, kind: str, where: str) -> dict[str, str]:
@@ -148,9 +176,7 @@ def _build(spec: TaskSpec, batch_size: int) -> Evaluator:
     size = spec.batch_size or batch_size
     source, remote = _resolve_source(spec)
     if spec.type == "retrieval" and (spec.layout == "beir" or (spec.layout is None and is_beir_folder(source))):
-        queries, corpus, qrels = _load_beir(spec, source, remote)
-        return RetrievalEvaluator(queries, corpus, qrels, name=spec.name, batch_size=size,
-                                  ignore_identical_ids=spec.ignore_identical_ids)
+        return _retrieval(spec, *_load_beir(spec, source, remote), size)
     rows = _load(spec, source, remote, spec.split, spec.config_name)
     columns = _columns(spec, rows)
     if spec.type == "sts":
@@ -166,10 +192,17 @@ def _build(spec: TaskSpec, batch_size: int) -> Evaluator:
         else:
             samples = group_candidates(columns["query"], columns["document"], columns["label"], task=spec.name)
         return RerankingEvaluator(samples, name=spec.name, batch_size=size)
-    queries, corpus, qrels = pairs_to_retrieval(columns["query"], columns["document"], columns.get("label"),
-                                                task=spec.name)
-    return RetrievalEvaluator(queries, corpus, qrels, name=spec.name, batch_size=size,
-                              ignore_identical_ids=spec.ignore_identical_ids)
+    return _retrieval(spec, *pairs_to_retrieval(columns["query"], columns["document"], columns.get("label"),
+                                                task=spec.name), size)
+
+
+def _retrieval(spec: TaskSpec, queries, corpus, qrels, batch_size: int) -> RetrievalEvaluator:
+    """The retrieval evaluator of a task; a corpus subset is cut by `Suite.prepare` once a model is at hand."""
+    evaluator = RetrievalEvaluator(queries, corpus, qrels, name=spec.name, batch_size=batch_size,
+                                   ignore_identical_ids=spec.ignore_identical_ids, cache_dir=spec.cache_dir,
+                                   index=spec.index)
+    evaluator.pending_subset_top_n = spec.corpus_subset_top_n
+    return evaluator
 
 
 def _as_list(value) -> list:

@@ -139,6 +139,13 @@ def distributed_rank() -> tuple[int, int]:
     return 0, 1
 
 
+def chunk_size_for_processes(chunk_size: int, documents: int) -> int:
+    """`chunk_size`, lowered under several processes so each has a chunk to encode (a corpus smaller than one
+    chunk, e.g. a dev split evaluated during distributed training, is shared instead of refused)."""
+    _, world = distributed_rank()
+    return min(chunk_size, max(1, -(-documents // world))) if world > 1 else chunk_size
+
+
 def encode_corpus(encoder, corpus: Corpus, *, folder: str | Path | None = None, cache_dir: str | Path | None = None,
                   chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = 64, prompt: str = "", dtype: str = "float32",
                   model_key: str | None = None, show_progress: bool = True) -> EmbeddingShards:
