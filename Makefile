@@ -85,7 +85,7 @@ BEIR_NAME = $(notdir $(patsubst %/,%,$(BEIR)))
 scifact: install
 	$(BIN)/nlp-contrastive beir-split --data $(BEIR) --output outputs/$(BEIR_NAME)-split --overwrite
 	$(BIN)/nlp-contrastive train recipes/scifact-hardneg.yaml --vars.dataset outputs/$(BEIR_NAME)-split \
-		--output_dir outputs/$(BEIR_NAME)-hardneg --overwrite_output_dir true
+		--vars.output outputs/$(BEIR_NAME)-hardneg --overwrite_output_dir true
 
 bench-retrieval: install
 	$(BIN)/python benchmarks/bench_retrieval.py

