@@ -122,7 +122,12 @@ def test_precision_is_recorded_in_the_run_record_and_the_model_card(cpu_flags, t
     assert "- Precision: fp32 (auto: CPU (AVX2) has no avx512_bf16/amx_bf16" in card
 
 
+FP32_RECIPES = {"scifact-hardneg.yaml"}  # settings chosen on dev in fp32 (see its header)
+
+
 def test_every_shipped_recipe_says_auto_and_trains_fp32_on_an_avx2_cpu(cpu_flags, tmp_path):
+    """Recipes say `bf16: auto`; a recipe whose settings were chosen in fp32 may pin `bf16: false` (the same on
+    every CPU) — never `true`, which would be slow where bf16 is emulated."""
     from tests.conftest import REPO_ROOT
 
     cpu_flags(AVX2_ONLY)
@@ -134,7 +139,9 @@ def test_every_shipped_recipe_says_auto_and_trains_fp32_on_an_avx2_cpu(cpu_flags
                 "streaming: true}]"]
     for path in recipes:
         recipe = load_recipe(str(path), streamed if "streaming" in path.name else None)
-        assert recipe.precision.requested == "auto" and recipe.training.bf16 is False, path.name
+        pinned_fp32 = path.name in FP32_RECIPES
+        assert recipe.precision.requested == ("auto" if not pinned_fp32 else False), path.name
+        assert recipe.training.bf16 is False, path.name
 
 
 def test_results_after_bf16_training_are_the_saved_models_fp32_numbers(tiny_model_dir, tmp_path, data_dir):
