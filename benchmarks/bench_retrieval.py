@@ -1,6 +1,11 @@
 """SciFact retrieval fine-tuning, the same work through sentence-transformers and through nlp-contrastive, one run.
 
-    python benchmarks/bench_retrieval.py [--corpus-sample N] [--skip-training] [--epochs 1] ...
+    python benchmarks/bench_retrieval.py [--corpus-sample N] [--skip-training] [--epochs 2] ...
+
+0. The data and budget of `make scifact`: the same dev split (`nlp-contrastive beir-split`, 10% of the train
+   claims, seed 0) is carved first and both pipelines train on its train part for the recipe's epochs (2); the
+   dev claims are not used here (neither side selects a checkpoint: the last epoch is evaluated, whereas
+   `make scifact` keeps the best dev epoch). `--dev-fraction 0` trains on every train claim.
 
 1. Mining, same model, corpus, options (num_negatives, range_max, relative_margin, sampling, batch, max length):
    sentence-transformers' `mine_hard_negatives` (faiss when installed, as ours) vs `nlp-contrastive mine`.
@@ -33,6 +38,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("NLPC_DATA_DIR", ROOT.parent / "shared" / "data"))
+RECIPE = yaml.safe_load((ROOT / "recipes" / "scifact-hardneg.yaml").read_text())
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,7 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--sampling", choices=("top", "random"), default="top")
     add("--batch-size", type=int, default=64, help="encoding batch size (both sides)")
     add("--max-seq-length", type=int, default=256)
-    add("--epochs", type=float, default=1)
+    add("--epochs", type=float, default=RECIPE["training"]["num_train_epochs"], help="default: the recipe's")
+    add("--dev-fraction", type=float, default=0.1,
+        help="carve this share of the train claims as dev (not trained on by either side), as make scifact does")
     add("--train-batch-size", type=int, default=32)
     add("--learning-rate", type=float, default=3e-5)
     add("--corpus-sample", type=int, default=0, help="mine over this many documents (0 = all)")
@@ -125,6 +133,17 @@ def run_child(command: list[str]) -> tuple[float, float, float]:
     return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
+def train_split_folder(args, work: Path) -> str:
+    """`make scifact`'s split (beir-split, same fraction and seed) when --dev-fraction, else --data as given."""
+    if not args.dev_fraction:
+        return args.data
+    folder = work / "split"
+    subprocess.run([sys.executable, "-m", "nlp_contrastive.cli", "beir-split", "--data", args.data, "--output",
+                    str(folder), "--dev-fraction", str(args.dev_fraction), "--overwrite"], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return str(folder)
+
+
 def sampled_folder(args, work: Path) -> str:
     """A BEIR folder with `corpus_sample` documents: every train positive plus a seeded random rest."""
     if not args.corpus_sample:
@@ -145,7 +164,9 @@ def sampled_folder(args, work: Path) -> str:
 
 def our_recipe(args, mined: Path, output: Path, work: Path) -> Path:
     """recipes/scifact-hardneg.yaml on this run's mined file and settings (final eval done by this script)."""
-    recipe = yaml.safe_load((ROOT / "recipes" / "scifact-hardneg.yaml").read_text())
+    recipe = json.loads(json.dumps(RECIPE))
+    recipe.pop("vars")  # every path is given below
+    recipe["training"].pop("metric_for_best_model")  # no checkpoint selection on either side
     source = recipe["data"]["train_data"][0]
     source.update(dataset=str(mined), split="train")
     source.pop("mine")  # mined above by this script, timed apart from training
@@ -195,6 +216,7 @@ def main(argv=None) -> int:
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-retrieval-"))
     work.mkdir(parents=True, exist_ok=True)
+    args.data = train_split_folder(args, work)
     folder = sampled_folder(args, work)
     shared = ["--model", model_path(args), "--batch-size", str(args.batch_size)]
     st_mined, our_mined = work / "st-mined.jsonl", work / "our-mined.jsonl"
