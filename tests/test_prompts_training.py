@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from transformers import TrainerCallback
 
-from nlp_contrastive.data.batch import Batch
-from nlp_contrastive.data.train_data import apply_prompts, role_prompts
+from nlp_contrastive.data.batch import Batch, role_prompts
+from nlp_contrastive.data.train_data import apply_prompts
 from nlp_contrastive.modeling import Encoder
 from nlp_contrastive.train import main, train, with_prompts
 from tests.conftest import REPO_ROOT, make_tiny_encoder

@@ -287,3 +287,16 @@ def padded_vectors(vectors: Sequence[Sequence[float]]) -> torch.Tensor:
     for i, vector in enumerate(vectors):
         out[i, :len(vector)] = torch.as_tensor(vector, dtype=torch.float32)
     return out
+
+
+def role_prompts(recipe_prompts: Mapping[str, str] | None, source_prompts: Mapping[str, str] | None = None
+                 ) -> dict[str, str]:
+    """The prompt of every text role of one source: the source's own over the recipe's; negatives and
+    known_positives are documents like the positive unless given (known_positives must match positives
+    token for token, for false-negative masking)."""
+    prompts = {**(recipe_prompts or {}), **(source_prompts or {})}
+    if "positive" in prompts:
+        prompts.setdefault("negative", prompts["positive"])
+        prompts.setdefault("negatives", prompts["positive"])
+        prompts["known_positives"] = prompts["positive"]
+    return {role: prompt for role, prompt in prompts.items() if prompt}

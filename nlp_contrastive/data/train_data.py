@@ -7,7 +7,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 import datasets
 
-from nlp_contrastive.data.batch import EMBEDDED_ROLES, LIST_ROLES, ROLES, SOURCE_COLUMN, prompt_length_column
+from nlp_contrastive.data.batch import (
+    EMBEDDED_ROLES,
+    LIST_ROLES,
+    ROLES,
+    SOURCE_COLUMN,
+    prompt_length_column,
+    role_prompts,
+)
 from nlp_contrastive.data.loading import filter_rows, group_pairs, load_split, parse_condition, select_roles
 from nlp_contrastive.data.sources import Source, is_beir_folder
 from nlp_contrastive.data.stream_sources import check_num_rows
@@ -72,19 +79,6 @@ def check_prompts(prompts, where: str = "prompts") -> dict[str, str]:
     if unknown:
         raise ValueError(f"{where} names role(s) {unknown}: prompts apply to {', '.join(PROMPT_ROLES)}")
     return dict(prompts)
-
-
-def role_prompts(recipe_prompts: Mapping[str, str] | None, source_prompts: Mapping[str, str] | None = None
-                 ) -> dict[str, str]:
-    """The prompt of every text role of one source: the source's own over the recipe's; negatives and
-    known_positives are documents like the positive unless given (known_positives must match positives
-    token for token, for false-negative masking)."""
-    prompts = {**(recipe_prompts or {}), **(source_prompts or {})}
-    if "positive" in prompts:
-        prompts.setdefault("negative", prompts["positive"])
-        prompts.setdefault("negatives", prompts["positive"])
-        prompts["known_positives"] = prompts["positive"]
-    return {role: prompt for role, prompt in prompts.items() if prompt}
 
 
 def apply_prompts(ds: datasets.Dataset, prompts: Mapping[str, str],

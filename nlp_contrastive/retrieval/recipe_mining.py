@@ -82,7 +82,7 @@ def mine_train_data(specs: Sequence[Mapping], encoder, output_dir: str | Path, *
                     prompts: Mapping[str, str] | None = None) -> list[dict]:
     """`specs` with every source that has `mine` replaced by one reading its mined rows (mined here, or found
     when resuming); the others unchanged. Every process calls this (the corpus encoding is collective)."""
-    from nlp_contrastive.data.train_data import role_prompts
+    from nlp_contrastive.data.batch import role_prompts
 
     out = []
     for i, spec in enumerate(specs):
