@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from nlp_contrastive.data.batch import LIST_ROLES, ROLES, TEXT_ROLES, VALUE_ROLES, token_column
+from nlp_contrastive.data.batch import LIST_ROLES, ROLES, TEXT_ROLES, VALUE_ROLES
 from nlp_contrastive.data.sources import NAMED_SETS, is_local_path, yaml_problem
+from nlp_contrastive.data.token_ids import encode_texts
 
 logger = logging.getLogger(__name__)
 
@@ -330,17 +331,3 @@ def tokenize_roles(ds: datasets.Dataset, tokenizer, max_length: int, *, num_proc
         return encode_texts({role: batch[role] for role in text_roles}, tokenizer, max_length)
 
     return ds.map(encode, batched=True, batch_size=1000, num_proc=num_proc, desc="Tokenizing")
-
-
-def encode_texts(texts: Mapping[str, list], tokenizer, max_length: int) -> dict[str, list]:
-    """{role: texts of each row} -> {token column: token ids of each row} (a list role: a list per row). The
-    one tokenization of training texts, ahead (`tokenize_roles`) or on the fly (`data.streaming`)."""
-    out = {}
-    for role, values in texts.items():
-        if role in LIST_ROLES:
-            flat = [t for row in values for t in row]
-            ids = iter(tokenizer(flat, truncation=True, max_length=max_length)["input_ids"]) if flat else iter(())
-            out[token_column(role)] = [[next(ids) for _ in row] for row in values]
-        else:
-            out[token_column(role)] = tokenizer(values, truncation=True, max_length=max_length)["input_ids"]
-    return out

@@ -42,7 +42,6 @@ import numpy as np
 import torch
 
 from nlp_contrastive.data.batch import ROW_ID, SOURCE_COLUMN, TEXT_ROLES
-from nlp_contrastive.data.loading import encode_texts
 from nlp_contrastive.data.shards import (
     BAD_ROW_POLICIES,
     ROW_ID_SOURCE,
@@ -52,6 +51,7 @@ from nlp_contrastive.data.shards import (
 )
 from nlp_contrastive.data.sources import Source, check_known_keys
 from nlp_contrastive.data.stream_sources import DRAWN, NEEDS_ROWS, known_rows
+from nlp_contrastive.data.token_ids import encode_texts
 from nlp_contrastive.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,15 @@ def row_texts(row: Mapping) -> set[str]:
 
 def _length(row: Mapping) -> int:
     return sum(len(row[r]) for r in TEXT_ROLES if isinstance(row.get(r), str))
+
+
+def _remove(buffer: list, positions: set[int]) -> None:
+    """Take the rows at `positions` out of the buffer in O(len(positions)): each gap is filled with the buffer's
+    last row (the buffer's order carries no meaning: candidates are drawn from it at random or by length)."""
+    for i in sorted(positions, reverse=True):
+        last = buffer.pop()
+        if i < len(buffer):
+            buffer[i] = last
 
 
 class StreamPlanner:
@@ -202,9 +211,8 @@ class StreamPlanner:
                     placed.add(len(source.buffer) - 1)
                 else:
                     lost.append(len(source.buffer) - 1)
-        skip = placed.union(lost)
         source.deferred = deferred + [source.buffer[i] for i in lost]
-        source.buffer = [row for i, row in enumerate(source.buffer) if i not in skip]
+        _remove(source.buffer, placed.union(lost))
         return self._finish(source, chosen)
 
     def _finish(self, source: SourceStream, chosen: list[dict]) -> list[dict] | None:
