@@ -235,7 +235,9 @@ def main() -> None:
     if args.paraphrase_shards:
         paraphrase_shards(args.paraphrase_shards)
         return
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
+    from benchlib import cpu_class
+
+    print(f"machine: {cpu_class()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
     model = args.model or tiny_model(args.work / "tiny-model")
     texts = sentences()
     common = {"model": model, "batch": args.batch_size, "steps": args.steps}
