@@ -49,19 +49,13 @@ def report(wall: dict[str, list[float]], cpu: dict[str, list[float]], ours: str,
 def cpu_class() -> str:
     """The CPU class a benchmark's numbers belong to: model name, native bf16 or not, torch's kernel level."""
     import platform
-    from pathlib import Path
 
     import torch
 
-    from nlp_contrastive.precision import cpu_bf16_support
+    from nlp_contrastive.precision import cpu_bf16_support, read_cpu_model
 
-    try:
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
-        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
-    except OSError:
-        name = None
     bf16, evidence = cpu_bf16_support()
-    return (f"{name or platform.processor() or 'unknown CPU'} ({evidence if bf16 else 'no native bf16'}; "
+    return (f"{read_cpu_model() or platform.processor() or 'unknown CPU'} ({evidence if bf16 else 'no native bf16'}; "
             f"torch kernels {torch.backends.cpu.get_cpu_capability()})")
 
 

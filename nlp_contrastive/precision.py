@@ -42,18 +42,29 @@ class PrecisionChoice:
         return asdict(self)
 
 
-def read_cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
-    """The CPU's instruction-set flags (x86 `flags`, aarch64 `Features`); None where they cannot be read."""
+def _cpuinfo_values(keys: tuple[str, ...], path: str) -> list[str] | None:
+    """The values of every `key: value` line of a cpuinfo file whose key is one of `keys`; None if unreadable."""
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    flags: set[str] = set()
+    values = []
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-    return flags
+        if sep and key.strip().lower() in keys:
+            values.append(value.strip())
+    return values
+
+
+def read_cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's instruction-set flags (x86 `flags`, aarch64 `Features`); None where they cannot be read."""
+    values = _cpuinfo_values(("flags", "features"), path)
+    return None if values is None else {flag for value in values for flag in value.split()}
+
+
+def read_cpu_model(path: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's model name (x86 `model name`), for saying which machine a measurement came from."""
+    return next(iter(_cpuinfo_values(("model name",), path) or []), None)
 
 
 def cpu_bf16_support() -> tuple[bool, str]:

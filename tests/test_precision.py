@@ -50,6 +50,15 @@ def test_read_cpu_flags_parses_x86_and_arm_cpuinfo(tmp_path):
     assert precision.read_cpu_flags(str(tmp_path / "missing")) is None
 
 
+def test_read_cpu_model_gives_the_first_model_name(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n")
+    assert precision.read_cpu_model(str(info)) == "AMD EPYC"
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp bf16\n")
+    assert precision.read_cpu_model(str(tmp_path / "arm")) is None
+    assert precision.read_cpu_model(str(tmp_path / "missing")) is None
+
+
 def test_auto_is_the_default_and_resolves_to_a_bool_with_its_reason(cpu_flags, tmp_path, capsys):
     from nlp_contrastive.config import derived_numbers, print_resolved
 
