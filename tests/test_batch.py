@@ -34,6 +34,14 @@ def test_rows_with_and_without_negatives_are_masked_and_a_batch_without_any_has_
         assert math.isfinite(value.item())
 
 
+def test_padding_matches_the_per_text_reference_on_ragged_texts_and_a_nonzero_pad_id():
+    sequences = [[101, 7, 8, 102], [101, 102], [101, 5, 6, 7, 8, 9, 102], [3]]
+    padded = BatchCollator(pad_token_id=99).pad(sequences)
+    assert padded["input_ids"].dtype == padded["attention_mask"].dtype == torch.long
+    assert padded["input_ids"].tolist() == [s + [99] * (7 - len(s)) for s in sequences]
+    assert padded["attention_mask"].tolist() == [[1] * len(s) + [0] * (7 - len(s)) for s in sequences]
+
+
 @pytest.mark.parametrize("cached", [False, True])
 def test_mined_rows_without_negatives_train_through_the_recipe(tmp_path, tiny_model_dir, cached):
     """Only every 4th row has a hard negative, so some batches have none at all: every batch must train."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -249,13 +251,15 @@ class BatchCollator:
         return inputs
 
     def pad(self, sequences: list[list[int]]) -> Features:
-        width = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for i, s in enumerate(sequences):
-            input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            attention_mask[i, : len(s)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        """Right-padded ids and mask, filled in one numpy step: a tensor op per text cost ~10x more, on the
+        training loop's own thread."""
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+        attention_mask = np.arange(lengths.max()) < lengths[:, None]
+        input_ids = np.full(attention_mask.shape, self.pad_token_id, dtype=np.int64)
+        input_ids[attention_mask] = np.fromiter(chain.from_iterable(sequences), dtype=np.int64,
+                                                count=int(lengths.sum()))  # row-major: texts one after another
+        return {"input_ids": torch.from_numpy(input_ids),
+                "attention_mask": torch.from_numpy(attention_mask.astype(np.int64))}
 
 
 def text_hash(token_ids: Sequence[int]) -> int:
