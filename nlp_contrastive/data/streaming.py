@@ -34,7 +34,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,10 +279,10 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
         self.rank, self.processes = rank, processes
         self.with_source = len(planner.sources) > 1
 
-    def __iter__(self) -> Iterator[list[dict]]:
-        """One epoch. A background thread draws and tokenizes up to PREFETCH batches ahead (the tokenizer and torch
-        release the GIL, so this overlaps the training step); each batch carries the stream state after it, and
-        the state of the last batch handed out is what a checkpoint saves."""
+    def __iter__(self) -> Iterator[list[dict] | dict]:
+        """One epoch. A background thread draws, tokenizes (and collates, see data_loader) up to PREFETCH batches
+        ahead (the tokenizer and torch release the GIL, so this overlaps the training step); each batch carries the
+        stream state after it, and the state of the last batch handed out is what a checkpoint saves."""
         produced: queue.Queue = queue.Queue(maxsize=self.PREFETCH)
         stop = threading.Event()
         producer = threading.Thread(target=self._produce, args=(produced, stop), daemon=True)
@@ -306,6 +306,7 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
 
     PREFETCH = 2
     _consumed: dict | None = None
+    collate: Callable[[list[dict]], dict] | None = None  # set by data_loader: batches leave the thread collated
 
     def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
         def put(entry) -> bool:
@@ -333,8 +334,8 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
                     continue
                 first = False
                 part = len(batch) // self.processes
-                if not put(("batch", self.encode(batch[self.rank * part:(self.rank + 1) * part]),
-                            self.planner.state())):
+                rows = self.encode(batch[self.rank * part:(self.rank + 1) * part])
+                if not put(("batch", rows if self.collate is None else self.collate(rows), self.planner.state())):
                     return
         except BaseException as exc:  # handed to the training loop, which raises it (bad data: exit 2)
             put(("error", exc, None))
@@ -356,12 +357,15 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
             out.append(item)
         return out
 
-    def data_loader(self, collate_fn) -> torch.utils.data.DataLoader:
+    def data_loader(self, collate_fn: Callable[[list[dict]], dict]) -> torch.utils.data.DataLoader:
         """Batches as drawn (batch_size=None): already this rank's part, so no sampler and no accelerate shard.
+        `collate_fn` runs in the background thread with the tokenizer, so the training loop's thread only takes
+        ready tensors (collating on it cost the streamed path ~1.4 ms of a 55 ms tiny-model step).
         Its own generator: a DataLoader iterator made at each epoch would otherwise draw its seed from the global
         torch RNG, shifting the dropout masks of a resumed run (whose iterator starts mid-epoch) from the
         uninterrupted run's."""
-        return torch.utils.data.DataLoader(self, batch_size=None, collate_fn=collate_fn, num_workers=0,
+        self.collate = collate_fn
+        return torch.utils.data.DataLoader(self, batch_size=None, collate_fn=_collated, num_workers=0,
                                            generator=torch.Generator())
 
     def rows_read(self) -> list[int]:
@@ -379,6 +383,10 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
                              "resume it without streaming, or start a new run")
         self.planner.load(json.loads(path.read_text(encoding="utf-8")))
         self._consumed = None
+
+
+def _collated(batch: dict) -> dict:
+    return batch  # collated by the producer thread already
 
 
 def build_stream(sources: Sequence[Source], *, tokenizer, max_length: int,
