@@ -230,7 +230,9 @@ def main(argv=None) -> int:
     print(f"mining over {folder} (options: {' '.join(options)}, batch {args.batch_size})", flush=True)
     st_mine = run_child(st_cmd)
     our_mine = run_child(ours_cmd)
-    results = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+    from benchlib import cpu_class  # benchmarks/benchlib.py, beside this script
+
+    results = {"cpu_class": cpu_class(), "threads": torch.get_num_threads(),
                "mining_seconds": {"st": st_mine[0], "ours": our_mine[0]},
                "mining_peak_rss_mib": {"st": st_mine[1], "ours": our_mine[1]},
                "mining_cpu_seconds": {"st": st_mine[2], "ours": our_mine[2]},
@@ -265,8 +267,7 @@ def main(argv=None) -> int:
 def print_report(results: dict) -> None:
     seconds, rss = results["mining_seconds"], results["mining_peak_rss_mib"]
     print(f"\nload average at the end: {results['load_average_at_end']} (shared machine: compare CPU seconds)")
-    print(f"\nCPU capability: {results['cpu_capability']} (no native bf16 below AVX512_BF16/AMX: fp32 used), "
-          f"torch threads {results['threads']}")
+    print(f"\nmachine: {results['cpu_class']}, torch threads {results['threads']} (this benchmark trains in fp32)")
     print(f"mining   ST {seconds['st']:8.1f} s  peak {rss['st']:7.0f} MiB   rows {results['mined_rows']['st']}")
     print(f"mining ours {seconds['ours']:8.1f} s  peak {rss['ours']:7.0f} MiB   rows {results['mined_rows']['ours']}")
     cpu = results["mining_cpu_seconds"]
