@@ -93,6 +93,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.threads, args.max_length)))
         return
+    from benchlib import cpu_class  # benchmarks/benchlib.py, beside this script
+
+    print(f"machine: {cpu_class()}, {os.cpu_count()} cores, torch threads per run {args.threads}", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = {}
     for name in CONFIGS:

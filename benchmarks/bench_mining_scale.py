@@ -241,9 +241,11 @@ def main() -> None:
         (child_ours if args.child == "ours" else child_st)(args)
         return
     from bench_retrieval import run_child
+    from benchlib import cpu_class
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-mining-scale-"))
     args.model = args.model or str(tiny_model(work / "tiny-bert"))
+    print(f"machine: {cpu_class()}, {os.cpu_count()} cores")
     print(f"model: {args.model} (max_seq_length {MAX_SEQ_LENGTH}); options {OPTIONS}; work folder {work}")
     if args.recall:
         recall(args, work)

@@ -200,10 +200,12 @@ def main() -> None:
         worker(args.worker, args.only[0], args.output, args.max_rows, overrides_from(args.set),
                quality=not args.no_quality)
         return
+    from benchlib import cpu_class  # benchmarks/benchlib.py, beside this script
+
     from nlp_contrastive.precision import resolve_bf16
 
     choice = resolve_bf16("auto", use_cpu=True)
-    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; CPU bf16: "
+    print(f"machine: {cpu_class()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; CPU bf16: "
           f"{'native' if choice.native_bf16 else 'NOT native (emulated, slow)'} ({choice.reason}); "
           f"recipes: {', '.join(args.only or sorted(RECIPES))}; both trainers in the same precision per row, "
           "tokenization timed for both", flush=True)

@@ -75,7 +75,7 @@ def bench_parser(doc: str, rounds: int):
 
 
 def setup_run(args) -> tuple[bool, str]:
-    """Apply --threads; print the machine line every table needs (cores, threads, load, bf16 capability).
+    """Apply --threads; print the machine line every table needs (CPU class, cores, threads, load, precision).
 
     Returns (bf16, reason): both sides encode in the precision `bf16: auto` picks here, so neither is flattered.
     """
@@ -89,7 +89,7 @@ def setup_run(args) -> tuple[bool, str]:
         torch.set_num_threads(args.threads)
     choice = resolve_bf16("auto", use_cpu=not torch.cuda.is_available())
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average {load:.1f}; "
+    print(f"machine: {cpu_class()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average {load:.1f}; "
           f"precision for both sides: {'bf16' if choice.bf16 else 'fp32'} ({choice.reason})", flush=True)
     return choice.bf16, choice.reason
 
