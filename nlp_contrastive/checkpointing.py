@@ -94,10 +94,10 @@ class CheckpointHooks:
         self.accelerator.wait_for_everyone()  # checkpoint-N is in place for every rank (e.g. to load the best)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Copy a checkpoint's weights (the full encoder, or its LoRA adapters) and the loss's learnable parameters
-        into the live ones, in place: the optimizer built over them keeps its references."""
+        """Copy a checkpoint's weights (the full encoder, or its LoRA adapters) into the live ones, in place: the
+        optimizer built over them keeps its references. The loss's parameters are read by the hook every resume
+        path runs (`_load_optimizer_and_scheduler`), and by `_load_best_model`."""
         encoder: Encoder = self.accelerator.unwrap_model(model or self.model, keep_torch_compile=False)
-        self._load_loss_parameters(resume_from_checkpoint)
         load_encoder_weights(encoder, resume_from_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
@@ -122,9 +122,9 @@ class CheckpointHooks:
         logger.info("Loading best model from %s (score: %s)", self.state.best_model_checkpoint, self.state.best_metric)
         if self.is_deepspeed_enabled:  # DeepSpeed reads its own (possibly sharded) checkpoint of the best step
             super()._load_best_model()
-            self._load_loss_parameters(self.state.best_model_checkpoint)
-            return
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
+        else:
+            self._load_from_checkpoint(self.state.best_model_checkpoint)
+        self._load_loss_parameters(self.state.best_model_checkpoint)
 
 
 def load_encoder_weights(encoder: Encoder, checkpoint: str) -> None:

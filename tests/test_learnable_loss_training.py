@@ -84,6 +84,33 @@ def test_a_resumed_run_starts_from_the_learned_scale_and_bias_of_its_checkpoint(
     assert [v.item() for v in resumed.values] == [saved["log_scale"].item(), saved["bias"].item()]
 
 
+class BestAtStep(TrainerCallback):
+    """Makes one evaluation's score the best, whatever the model learned, so the best checkpoint is not the last."""
+
+    def __init__(self, best_step):
+        self.best_step = best_step
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics["eval_score"] = 1.0 if state.global_step == self.best_step else 0.0
+
+
+def test_the_best_checkpoint_brings_back_its_learned_scale_and_bias(tiny_model_dir, tmp_path, data_dir):
+    """load_best_model_at_end restores the loss's parameters of the best checkpoint with its encoder weights."""
+    from safetensors.torch import load_file
+
+    out, grab = tmp_path / "o", GrabTrainer()
+    train(LOGLOSS, tiny_overrides(str(tiny_model_dir), out, "--max_steps", "6", "--learning_rate", "0.05",
+                                  "--loss_kwargs", "{temperature: 0.05, bias: -15.0, learnable: true}",
+                                  "--eval_tasks", "[{name: sts-val, type: sts, dataset: stsb, split: validation}]",
+                                  "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps",
+                                  "--save_steps", "2", "--load_best_model_at_end", "true",
+                                  "--metric_for_best_model", "score"),
+          callbacks=[grab, BestAtStep(2)])
+    best, last = (load_file(out / f"checkpoint-{step}" / "loss_parameters.safetensors") for step in (2, 6))
+    assert best["bias"].item() != pytest.approx(last["bias"].item())
+    assert [v.item() for v in grab.end] == [best["log_scale"].item(), best["bias"].item()]
+
+
 @pytest.mark.slow
 def test_two_processes_keep_one_learned_scale_and_bias(tiny_model_dir, tmp_path, data_dir):
     """The loss's parameters live outside the DDP-wrapped encoder: their gradients are averaged over ranks too,
