@@ -2,8 +2,8 @@
 
 Each configuration runs in a fresh process (peak RSS is per process and never goes down) doing `--steps` full
 training steps (forward, backward, AdamW step) of the bundled all-MiniLM-L6-v2 on STS-B sentence pairs, and
-reports its peak RSS (getrusage ru_maxrss), the peak right after loading (model + libraries, ~1.1 GB that both
-share) and the difference: the memory training itself adds (activations, gradients, optimizer state). The ratio
+reports its own peak RSS (VmHWM, benchlib.peak_rss_mib), the peak right after loading (model + libraries,
+~1.1 GB that both share) and the difference: the memory training itself adds (activations, gradients, optimizer state). The ratio
 and its target compare that training memory, not whole-process RSS, which the libraries dominate.
 Target: cached-1024 training memory <= 1.3 x plain-64 training memory.
 
@@ -20,19 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchlib import peak_rss_mib  # benchmarks/benchlib.py, beside this script
+
 os.environ.setdefault("NLPC_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 TARGET_RATIO = 1.3
 CONFIGS = {"plain": {"batch": 64, "mini_batch": None}, "cached": {"batch": 1024, "mini_batch": 64}}
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def short_stsb_pairs(tokenizer, count: int, max_length: int) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ runs the real one. Options, both sides: num_negatives 3, range_max 50, sampling 
 1 (--threads; two threads on a loaded 2-core machine spin), no margin (a random encoder ranks paraphrases below
 other candidates, so a margin would leave nothing to compare). sentence-transformers runs with use_faiss=True (its exact IndexFlatIP over all embeddings: without
 faiss it scores queries x corpus in 16384-query blocks, a 16 GB matrix at 1M). Each side runs in its own
-process and its peak RSS is that process's (os.wait4); both are printed with wall and CPU seconds.
+process and reports its own peak RSS (VmHWM; benchlib.run_measured), printed with wall and CPU seconds.
 `--recall [--scifact]`: each corpus's shards (reused from the mining run) and, with --scifact, SciFact's 5,183
 abstracts under the real all-MiniLM-L6-v2 (1,109 claims as queries) searched with ivf-flat and hnsw;
 recall@range_max of the candidates vs exact on up to 1,000 queries and the speed-up are printed.

@@ -9,7 +9,7 @@
 
 1. Mining, same model, corpus, options (num_negatives, range_max, relative_margin, sampling, batch, max length):
    sentence-transformers' `mine_hard_negatives` (faiss when installed, as ours) vs `nlp-contrastive mine`.
-   Each runs in its own process, so its peak RSS (os.wait4 of that child) is its own; reported with seconds.
+   Each runs in its own process and reports its own peak RSS (VmHWM; benchlib.run_measured), with seconds.
 2. Training on each side's mined file, same epochs, batch, lr, warmup, weight decay, max length, seed, fp32,
    no-duplicates batches: SentenceTransformerTrainer + MultipleNegativesRankingLoss(scale=20) vs
    `nlp-contrastive train recipes/scifact-hardneg.yaml` (InfoNCE, temperature 0.05 = scale 20). Throughput is
@@ -31,7 +31,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -119,18 +118,10 @@ def child_train_st(args) -> None:
 
 # ------------------------------------------------------------------------------------------ parent
 def run_child(command: list[str]) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS MiB, CPU seconds) of one child process, for that child alone (os.wait4).
+    """(wall seconds, peak RSS MiB, CPU seconds) of one child process, its own (benchlib.run_measured)."""
+    from benchlib import run_measured  # benchmarks/benchlib.py, beside this script
 
-    CPU seconds (user + system) are what to compare on a shared machine: wall time depends on the neighbours."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"child failed ({process.returncode}): {' '.join(command)}")
-    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    return run_measured(command, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def train_split_folder(args, work: Path) -> str:

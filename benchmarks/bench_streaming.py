@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+from benchlib import peak_rss_mib  # benchmarks/benchlib.py, beside this script
 
 STARTED = time.time()
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +169,7 @@ def child_st(spec: dict) -> dict:
 def measured(times: list[float], batch: int, repeats: list[int]) -> dict:
     steady = (len(times) - 1) * batch / (times[-1] - times[0]) if len(times) > 1 else float("nan")
     return {"first_step_s": times[0] - STARTED, "pairs_per_s": steady, "steps": len(times),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mib": peak_rss_mib(),
             "batches_with_repeats": sum(1 for r in repeats if r), "repeated_texts": sum(repeats),
             "batches_checked": len(repeats)}
 

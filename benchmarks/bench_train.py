@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import peak_rss_mib  # benchmarks/benchlib.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"cosine": REPO / "recipes" / "stsb-cosine.yaml", "infonce": REPO / "recipes" / "paraphrase-infonce.yaml"}
@@ -144,7 +145,7 @@ def worker(trainer: str, kind: str, output_dir: str, max_rows: int | None, extra
         result = run_sentence_transformers(kind, output_dir, max_rows, bf16=trainer == "st-bf16")
     else:
         result = run_ours(kind, output_dir, max_rows, bf16=trainer == "ours-bf16", extra=extra)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mib()
     result["stsb_test_spearman"] = float("nan")
     if not quality:
         print("RESULT " + json.dumps(result), flush=True)

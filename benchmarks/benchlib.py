@@ -46,6 +46,51 @@ def report(wall: dict[str, list[float]], cpu: dict[str, list[float]], ours: str,
     return ratio
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak RSS in MiB: VmHWM of its address space where /proc exists.
+
+    Not `getrusage(RUSAGE_SELF).ru_maxrss`: Linux carries the spawning parent's peak across fork and exec, so a
+    child started by a benchmark parent holding 1 GB would report at least 1 GB (measured: a 13 MiB child
+    reported 1513 MiB after its parent touched 1.5 GB).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux KiB; no /proc: macOS etc.
+
+
+def run_measured(command: list[str], env: dict | None = None) -> tuple[float, float, float]:
+    """(wall seconds, the child's own peak RSS MiB, its CPU seconds) of one Python child process.
+
+    `command` runs `sys.executable SCRIPT|-m MODULE ...`, possibly behind wrappers (flock, nice); the Python part is
+    started through benchmarks/peak_rss.py, which writes the child's own peak (see `peak_rss_mib`). CPU seconds
+    (user + system, os.wait4) are what to compare on a shared machine: wall time depends on the neighbours.
+    """
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    at = command.index(sys.executable) + 1
+    with tempfile.TemporaryDirectory(prefix="peak-rss-") as tmp:
+        report = Path(tmp) / "peak_rss_mib"
+        wrapped = [*command[:at], str(Path(__file__).with_name("peak_rss.py")), str(report), *command[at:]]
+        start = time.perf_counter()
+        process = subprocess.Popen(wrapped, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"child failed ({os.waitstatus_to_exitcode(status)}): {' '.join(command)}")
+        return seconds, float(report.read_text()), usage.ru_utime + usage.ru_stime
+
+
 def cpu_class() -> str:
     """The CPU class a benchmark's numbers belong to: model name, native bf16 or not, torch's kernel level."""
     import platform
