@@ -21,6 +21,16 @@ TWO_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gp
                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+def assert_same_lines(got: Path, expected: Path) -> None:
+    """Byte equality of two files, failing with the first differing line (pytest's own diff of two large files runs
+    difflib for hours)."""
+    a, b = got.read_bytes().splitlines(), expected.read_bytes().splitlines()
+    same = a == b
+    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    assert same, (f"{got.name} differs from {expected.name} at line {first + 1} (lines: {len(a)} / {len(b)}): "
+                  f"{a[first][:300] if first < len(a) else b'<end>'!r} vs {b[first][:300] if first < len(b) else b'<end>'!r}")
+
+
 def make_tiny_encoder(pooling: str = "mean", normalize: bool = False, seed: int = 0, hidden: int = 32,
                       dropout: float = 0.0):
     """A 2-layer BERT with random weights and the bundled model's real WordPiece tokenizer."""

@@ -66,6 +66,16 @@ def _block_top_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(block, cols, axis=1), cols
 
 
+def block_scores(queries: np.ndarray, wide_chunk: np.ndarray) -> np.ndarray:
+    """queries @ chunk.T as float32 values that do not depend on BLAS's thread count or the block's shape.
+
+    A float32 GEMM's sums change with the threads (measured: 1 vs 2 OpenBLAS threads on an AVX2 CPU differ by up to
+    6e-6, so a 2-process `mine` wrote other scores than 1 process); float32 products are exact in float64 and a
+    float64 sum of them rounds to the same float32. `wide_chunk` is the corpus block already in float64.
+    """
+    return (queries.astype(np.float64) @ wide_chunk.T).astype(np.float32)
+
+
 def normalized(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
@@ -85,8 +95,9 @@ def exact_top_k(
     """Exact top-k corpus rows per query: (scores, indices), each [num_queries, min(k, corpus size)].
 
     `corpus` is an array (split into `corpus_chunk_size` row blocks) or an iterable of arrays (used as the
-    blocks, e.g. embedding shards). `include` (bool per corpus row) leaves the False rows out. Peak extra memory
-    is about 20 bytes x query_chunk_size x corpus_chunk_size (~45 MB at the defaults) plus the running top-k.
+    blocks, e.g. embedding shards). `include` (bool per corpus row) leaves the False rows out. Scores are the same
+    whatever the thread count (`block_scores`). Peak extra memory is about 28 bytes x query_chunk_size x
+    corpus_chunk_size (~60 MB at the defaults), the corpus block in float64, and the running top-k.
     """
     if similarity not in SEARCH_SIMILARITIES:
         raise ValueError(f"similarity '{similarity}' is not supported for search: use one of {SEARCH_SIMILARITIES}")
@@ -107,6 +118,7 @@ def exact_top_k(
             raise ValueError(f"corpus chunk has shape {chunk.shape} but queries have dimension {queries.shape[1]}: "
                              "encode queries and corpus with the same model")
         offset = top.seen
+        wide_chunk = chunk.astype(np.float64) if faiss is None or include is not None else None
         skip = None if include is None else ~include[offset:offset + len(chunk)]
         for start in range(0, len(queries), query_chunk_size):
             rows = slice(start, start + query_chunk_size)
@@ -114,7 +126,7 @@ def exact_top_k(
                 scores, cols = faiss.knn(np.ascontiguousarray(queries[rows]), np.ascontiguousarray(chunk),
                                          min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
             else:
-                block = queries[rows] @ chunk.T
+                block = block_scores(queries[rows], wide_chunk)
                 if skip is not None:
                     block[:, skip] = -np.inf
                 scores, cols = _block_top_k(block, k)

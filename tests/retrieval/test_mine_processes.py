@@ -11,7 +11,7 @@ import pytest
 
 from nlp_contrastive import cli
 from nlp_contrastive.retrieval import embeddings
-from tests.conftest import REPO_ROOT, TWO_PROCESSES
+from tests.conftest import REPO_ROOT, TWO_PROCESSES, assert_same_lines
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_two_processes_write_the_same_file_as_one(tmp_path, scifact_slice, tiny_
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("wrote ") == 1, done.stderr[-4000:]  # rank 0 writes and reports
-    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert_same_lines(tmp_path / "two.jsonl", tmp_path / "one.jsonl")
     # the 3 chunks were split over the processes (2 + 1) into one shared folder
     assert len(list((tmp_path / "cache2").glob("*/shard-*.npz"))) == 3
 
@@ -73,7 +73,7 @@ def test_a_run_killed_mid_encode_resumes_to_the_same_bytes(tmp_path, scifact_sli
     monkeypatch.setattr(embeddings, "encode_chunk", counted)
     assert cli.main(_args(scifact_slice, tiny_model_dir, tmp_path / "resumed.jsonl", tmp_path / "cache2")) == 0
     assert encoded == [0, 400, 800]  # the rerun encoded only the two unfinished chunks
-    assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
+    assert_same_lines(tmp_path / "resumed.jsonl", tmp_path / "straight.jsonl")
 
 
 def test_an_index_faiss_does_not_have_is_one_line_and_exit_2(tmp_path, scifact_slice, tiny_model_dir, capsys):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from nlp_contrastive.cli import main as cli_main
 from nlp_contrastive.retrieval import recipe_mining
 from nlp_contrastive.train import main as train_main
-from tests.conftest import REPO_ROOT, TWO_PROCESSES
+from tests.conftest import REPO_ROOT, TWO_PROCESSES, assert_same_lines
 
 RECIPE = str(REPO_ROOT / "recipes" / "scifact-hardneg.yaml")
 TOPICS = ["vitamin", "sleep", "coffee", "bones", "memory", "exercise"]
@@ -127,7 +127,7 @@ def test_two_processes_mine_and_evaluate_as_one(tmp_path, split_folder, module_t
         assert done.returncode == 0, done.stderr[-3000:]
         runs[name] = json.loads((tmp_path / name / "training_run.json").read_text())
     assert "processes: 2" in done.stdout
-    assert (tmp_path / "two" / "mined" / "0.jsonl").read_bytes() == (tmp_path / "one" / "mined" / "0.jsonl").read_bytes()
+    assert_same_lines(tmp_path / "two" / "mined" / "0.jsonl", tmp_path / "one" / "mined" / "0.jsonl")
     dev = {name: next(e for e in run["log_history"] if "eval_dev_ndcg_at_10" in e) for name, run in runs.items()}
     metrics = sorted(k for k in dev["one"] if k.startswith("eval_dev_"))
     assert len(metrics) >= 6
