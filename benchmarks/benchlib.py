@@ -86,8 +86,9 @@ def run_measured(command: list[str], env: dict | None = None) -> tuple[float, fl
         process = subprocess.Popen(wrapped, env=env)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"child failed ({os.waitstatus_to_exitcode(status)}): {' '.join(command)}")
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise SystemExit(f"child failed ({code}): {' '.join(command)}")
         return seconds, float(report.read_text()), usage.ru_utime + usage.ru_stime
 
 

@@ -63,11 +63,12 @@ class RustIds:
     def __init__(self, backend, max_length: int, side: str):
         from tokenizers import Tokenizer
 
-        self.full = Tokenizer.from_str(backend.to_str())
+        spec = backend.to_str()
+        self.full = Tokenizer.from_str(spec)
         self.full.no_padding()
         self.full.enable_truncation(max_length, direction=side)
         self.ascii, self.lowercase, self.clean, self.added = None, False, False, None
-        normalizer = json.loads(backend.to_str()).get("normalizer") or {}
+        normalizer = json.loads(spec).get("normalizer") or {}
         if normalizer.get("type") == "BertNormalizer":
             self.ascii = Tokenizer.from_str(self.full.to_str())
             self.ascii.normalizer = None

@@ -109,6 +109,7 @@ def exact_top_k(
     else:
         chunks = corpus
     faiss = import_faiss() if use_faiss else None
+    knn = faiss.knn if faiss is not None and include is None else None  # faiss.knn cannot leave rows out
     top = RunningTopK(len(queries), k)
     for chunk in chunks:
         chunk = np.asarray(chunk, dtype=np.float32)
@@ -118,13 +119,13 @@ def exact_top_k(
             raise ValueError(f"corpus chunk has shape {chunk.shape} but queries have dimension {queries.shape[1]}: "
                              "encode queries and corpus with the same model")
         offset = top.seen
-        wide_chunk = chunk.astype(np.float64) if faiss is None or include is not None else None
+        wide_chunk = chunk.astype(np.float64) if knn is None else None
         skip = None if include is None else ~include[offset:offset + len(chunk)]
         for start in range(0, len(queries), query_chunk_size):
             rows = slice(start, start + query_chunk_size)
-            if faiss is not None and skip is None:
-                scores, cols = faiss.knn(np.ascontiguousarray(queries[rows]), np.ascontiguousarray(chunk),
-                                         min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+            if knn is not None:
+                scores, cols = knn(np.ascontiguousarray(queries[rows]), np.ascontiguousarray(chunk),
+                                   min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
             else:
                 block = block_scores(queries[rows], wide_chunk)
                 if skip is not None:
